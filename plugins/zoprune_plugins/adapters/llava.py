@@ -1,0 +1,151 @@
+"""LLaVA-1.5 (``LlavaForConditionalGeneration``): CLIP vision tower, MLP projector, a fixed number of tokens per image.
+
+The kept tokens go to the language model through transformers' own ``mm_encoder_outputs`` argument, together with
+``input_ids`` from which the dropped tokens' placeholders are removed; every other token and the attention
+mask are untouched, so with every token kept the model computes exactly what it computes unpruned.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import torch
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+from zoprune import ImageTokens, InputError, ModelAdapter, hookimpl
+
+
+class LlavaAdapter(ModelAdapter):
+    name = "llava"
+    model_classes = ("LlavaForConditionalGeneration",)
+
+    @property
+    def _inner(self):
+        return self.model.model  # LlavaModel: vision_tower, multi_modal_projector, language_model
+
+    def projector(self) -> torch.nn.Module:
+        return self._inner.multi_modal_projector
+
+    @property
+    def image_token_id(self) -> int:
+        return self.model.config.image_token_id
+
+    def vision_features(self, inputs: dict[str, Any]) -> torch.Tensor:
+        """The projector's input for every image, (num_images, N, d_v), selected as ``get_image_features`` does."""
+        config = self.model.config
+        layer = inputs.get("vision_feature_layer") or config.vision_feature_layer
+        strategy = inputs.get("vision_feature_select_strategy") or config.vision_feature_select_strategy
+        outputs = self._inner.vision_tower(inputs["pixel_values"], output_hidden_states=True, return_dict=True)
+        layers = [layer] if isinstance(layer, int) else list(layer)
+        states = [outputs.hidden_states[i] for i in layers]
+        if strategy == "default":  # drop [CLS]
+            states = [s[:, 1:] for s in states]
+        return torch.cat(states, dim=-1) if len(states) > 1 else states[0]
+
+    def extract(self, inputs: dict[str, Any], projector: Callable[[torch.Tensor], torch.Tensor],
+                dtype: torch.dtype, extras: frozenset[str] = frozenset()) -> list[ImageTokens]:
+        input_ids = inputs.get("input_ids")
+        pixel_values = inputs.get("pixel_values")
+        if input_ids is None:
+            raise InputError("pruning needs `input_ids` (the image placeholders mark where visual tokens go); "
+                             "inputs_embeds alone cannot be pruned")
+        placeholders = (input_ids == self.image_token_id).sum(dim=1)  # (B,)
+        if pixel_values is None:
+            if int(placeholders.sum()):
+                raise InputError(f"the prompts hold {int(placeholders.sum())} image placeholder tokens "
+                                 f"(id {self.image_token_id}) but no `pixel_values` were given")
+            return []
+        features = self.vision_features(inputs)  # (I, N, d_v) in the model's dtype
+        model_embeddings = self.projector()(features)  # (I, N, d_l), exactly as the unpruned forward computes them
+        num_images, n = features.shape[:2]
+        per_sample = self._images_per_sample(placeholders, n, num_images)
+        side = int(math.isqrt(n))
+        grid = (side, side) if side * side == n else None
+        scoring_features = features.to(dtype)
+        scoring_embeddings = model_embeddings.to(dtype) if model_embeddings.dtype == dtype else projector(
+            scoring_features)
+        images = []
+        index = 0
+        for sample, count in enumerate(per_sample):
+            for image in range(count):
+                images.append(ImageTokens(
+                    features=scoring_features[index], embeddings=scoring_embeddings[index],
+                    model_embeddings=model_embeddings[index], projector=projector, sample=sample, image=image,
+                    grid=grid,
+                ))
+                index += 1
+        return images
+
+    def _images_per_sample(self, placeholders: torch.Tensor, n: int, num_images: int) -> list[int]:
+        counts = []
+        for sample, count in enumerate(placeholders.tolist()):
+            if count % n:
+                raise InputError(f"prompt {sample} has {count} image placeholder tokens, not a multiple of the "
+                                 f"{n} tokens each image has; build inputs with the model's processor")
+            counts.append(count // n)
+        if sum(counts) != num_images:
+            raise InputError(f"the prompts have placeholders for {sum(counts)} images but `pixel_values` holds "
+                             f"{num_images}")
+        return counts
+
+    def pruned_inputs(self, inputs: dict[str, Any], images: list[ImageTokens],
+                      kept: list[torch.Tensor]) -> dict[str, Any]:
+        input_ids = inputs["input_ids"]  # (B, L)
+        drop = torch.zeros_like(input_ids, dtype=torch.bool)
+        for tokens, indices in zip(images, kept):
+            positions = image_positions(input_ids[tokens.sample], self.image_token_id, tokens.num_tokens,
+                                        tokens.image)  # (N,)
+            dropped = torch.ones(tokens.num_tokens, dtype=torch.bool, device=input_ids.device)
+            dropped[indices.to(input_ids.device)] = False
+            drop[tokens.sample, positions[dropped]] = True
+        pruned = {key: value for key, value in inputs.items()
+                  if key not in ("pixel_values", "image_sizes", "vision_feature_layer",
+                                 "vision_feature_select_strategy")}
+        pruned.update(drop_columns(inputs, drop, pad_id=self._pad_id()))
+        pruned["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(
+            pooler_output=[t.model_embeddings[k] for t, k in zip(images, kept)])}
+        return pruned
+
+    def _pad_id(self) -> int:
+        for source in (self.model.generation_config, self.model.config.text_config, self.model.config):
+            pad = getattr(source, "pad_token_id", None)
+            if isinstance(pad, int):
+                return pad
+        return 0
+
+
+def image_positions(row: torch.Tensor, image_token_id: int, n: int, image: int) -> torch.Tensor:
+    """Positions in one prompt of the ``image``-th image's N placeholders, (N,)."""
+    return (row == image_token_id).nonzero().squeeze(-1)[image * n:(image + 1) * n]
+
+
+def drop_columns(inputs: dict[str, Any], drop: torch.Tensor, pad_id: int) -> dict[str, Any]:
+    """Remove the ``drop`` (B, L) positions from every per-token tensor of ``inputs`` and pad the rows back to one
+    length on the side the batch is padded (left when unsure, as generation wants). Rows that drop nothing and
+    need no new padding come back unchanged."""
+    input_ids = inputs["input_ids"]
+    batch, length = input_ids.shape
+    mask = inputs.get("attention_mask")
+    left = mask is None or bool((mask[:, 0] == 0).any()) or not bool((mask[:, -1] == 0).any())
+    lengths = (~drop).sum(dim=1)
+    width = int(lengths.max())
+    per_token = {key: value for key, value in inputs.items()
+                 if isinstance(value, torch.Tensor) and value.shape[:2] == (batch, length)}
+    if mask is None:
+        per_token["attention_mask"] = torch.ones_like(input_ids)
+    out = {}
+    for key, value in per_token.items():
+        fill = pad_id if key == "input_ids" else 0
+        rows = []
+        for b in range(batch):
+            row = value[b][~drop[b]]
+            pad = row.new_full((width - row.shape[0], *row.shape[1:]), fill)
+            rows.append(torch.cat([pad, row] if left else [row, pad]))
+        out[key] = torch.stack(rows)
+    return out
+
+
+@hookimpl
+def register_adapters(register):
+    register(LlavaAdapter)

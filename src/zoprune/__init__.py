@@ -1,0 +1,22 @@
+"""zoprune: training-free visual token pruning for vision-language models.
+
+    import zoprune
+    pruned = zoprune.prune(model, zoprune.PipelineConfig(budget=64))
+    output = pruned.generate(**processor(images=image, text=prompt, return_tensors="pt"), max_new_tokens=20)
+    pruned.last_selection  # which tokens each image kept
+"""
+
+from zoprune.config import Budget, ComponentSpec, PipelineConfig
+from zoprune.errors import ConfigError, InputError, PluginError, UnsupportedModelError, ZopruneError
+from zoprune.hookspecs import hookimpl
+from zoprune.interfaces import ComponentConfig, Context, ImageTokens, ModelAdapter, Scorer, Selector
+from zoprune.pipeline import PrunedModel, Selection, prune
+from zoprune.registry import get_registry
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Budget", "ComponentConfig", "ComponentSpec", "ConfigError", "Context", "ImageTokens", "InputError",
+    "ModelAdapter", "PipelineConfig", "PluginError", "PrunedModel", "Scorer", "Selection", "Selector",
+    "UnsupportedModelError", "ZopruneError", "get_registry", "hookimpl", "prune",
+]

@@ -1,0 +1,137 @@
+"""The three kinds of component a pipeline is made of: Scorer, Selector and ModelAdapter.
+
+Plugins subclass these and register the subclasses through :mod:`zoprune.hookspecs`. Every component has a
+``name`` (how configs refer to it) and a ``Config`` (a pydantic model of its parameters, validated before the
+component is built).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict
+
+
+class ComponentConfig(BaseModel):
+    """Base of every component's parameters: unknown keys are errors, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=True)
+
+
+class NoParameters(ComponentConfig):
+    """For components that take no parameters."""
+
+
+@dataclass
+class ImageTokens:
+    """The visual tokens of one image (or one view of it), as an adapter found them.
+
+    ``features`` and ``embeddings`` are in the pipeline's scoring dtype (float32 by default) and ``projector``
+    computes in that dtype too, so scorers never meet the model's half precision.
+    """
+
+    features: torch.Tensor  # (N, d_v): the projector's input
+    embeddings: torch.Tensor  # (N, d_l): the projector's output, what the language model would see
+    model_embeddings: torch.Tensor  # (N, d_l): the same in the model's own dtype, exactly as the model computed it
+    projector: Callable[[torch.Tensor], torch.Tensor]  # (..., d_v) -> (..., d_l)
+    sample: int  # which prompt of the batch the image belongs to
+    image: int  # which image of that prompt, counted from 0
+    grid: tuple[int, int] | None = None  # (rows, cols) of the patch grid when the tokens form one, rows*cols == N
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)  # signals a scorer asked for, e.g. cls_attention
+
+    @property
+    def num_tokens(self) -> int:
+        return self.features.shape[0]
+
+
+@dataclass
+class Context:
+    """What a scorer or selector may need besides the tokens: a seeded generator and the compute dtype."""
+
+    generator: torch.Generator
+    dtype: torch.dtype = torch.float32
+
+
+class Scorer(ABC):
+    """Visual tokens of one image -> one importance score per token (higher = more worth keeping)."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type[ComponentConfig]] = NoParameters
+    #: extra signals the adapter must put in ``ImageTokens.extras`` (e.g. ``{"cls_attention"}``)
+    requires: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, config: ComponentConfig | None = None):
+        self.config = config if config is not None else self.Config()
+
+    @abstractmethod
+    def score(self, tokens: ImageTokens, ctx: Context) -> torch.Tensor:
+        """Return the scores, shape (N,), float32, on the tokens' device."""
+
+
+class Selector(ABC):
+    """Scores and projected features of one image, and a budget -> indices of the kept tokens."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type[ComponentConfig]] = NoParameters
+    #: whether ``select`` needs scores (a pipeline with such a selector and no scorer is a config error)
+    needs_scores: ClassVar[bool] = True
+
+    def __init__(self, config: ComponentConfig | None = None):
+        self.config = config if config is not None else self.Config()
+
+    @abstractmethod
+    def select(self, scores: torch.Tensor | None, tokens: ImageTokens, k: int, ctx: Context) -> torch.Tensor:
+        """Return k distinct indices into the N tokens, sorted ascending (original order), dtype long.
+
+        ``scores`` has shape (N,) (None when the pipeline has no scorer); ``1 <= k <= N`` is guaranteed by the
+        pipeline.
+        """
+
+
+class ModelAdapter(ABC):
+    """Knows one model family: where its visual tokens and projector are and how to run it on the kept ones."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type[ComponentConfig]] = NoParameters
+    #: class names this adapter handles, used for auto-detection and for error messages
+    model_classes: ClassVar[tuple[str, ...]] = ()
+    #: the extra signals this adapter can provide to scorers (see ``Scorer.requires``)
+    provides: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, model: torch.nn.Module, config: ComponentConfig | None = None):
+        self.model = model
+        self.config = config if config is not None else self.Config()
+
+    @classmethod
+    def supports(cls, model: torch.nn.Module) -> bool:
+        """Whether this adapter can handle ``model`` (by default: its class name is in ``model_classes``)."""
+        return type(model).__name__ in cls.model_classes
+
+    @abstractmethod
+    def projector(self) -> torch.nn.Module:
+        """The projection layer (vision features -> language-model embeddings), as the model holds it."""
+
+    @abstractmethod
+    def extract(
+        self, inputs: dict[str, Any], projector: Callable[[torch.Tensor], torch.Tensor], dtype: torch.dtype,
+        extras: frozenset[str] = frozenset(),
+    ) -> list[ImageTokens]:
+        """Run the vision side on the model inputs and return every image's tokens, in batch order.
+
+        ``projector`` is the projection layer in ``dtype``; the returned tokens carry it, with ``features`` and
+        ``embeddings`` cast to ``dtype`` and ``model_embeddings`` exactly as the model computes them.
+        ``extras`` names the signals scorers asked for.
+        """
+
+    @abstractmethod
+    def pruned_inputs(
+        self, inputs: dict[str, Any], images: list[ImageTokens], kept: list[torch.Tensor]
+    ) -> dict[str, Any]:
+        """Model keyword arguments equivalent to ``inputs`` with only the kept visual tokens of each image.
+
+        ``kept[i]`` holds the sorted indices kept of ``images[i]``. The result goes to the model's own
+        ``forward`` or ``generate`` unchanged; with every token kept, it must give exactly the same outputs.
+        """

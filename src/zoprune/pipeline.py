@@ -1,0 +1,206 @@
+"""``prune(model, config)``: the one verb. It returns a :class:`PrunedModel` whose ``generate`` and ``__call__``
+take what the model's own take and run the language model on the kept visual tokens only."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from zoprune.config import PipelineConfig
+from zoprune.errors import ConfigError, PluginError, UnsupportedModelError
+from zoprune.interfaces import Context, ImageTokens, ModelAdapter, Scorer, Selector
+from zoprune.registry import get_registry
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What was kept of one image in the last call."""
+
+    sample: int  # the prompt's index in the batch
+    image: int  # the image's index within its prompt
+    num_tokens: int  # N, the image's visual tokens before pruning
+    kept: torch.Tensor  # (k,) sorted indices into the N tokens
+    scores: torch.Tensor | None  # (N,) the scorer's output, None without a scorer
+
+
+class PrunedModel:
+    """A model with a pruning pipeline in front of its language model. The wrapped model is not modified."""
+
+    def __init__(self, model: torch.nn.Module, config: PipelineConfig, adapter: ModelAdapter,
+                 scorer: Scorer | None, selector: Selector):
+        self.model = model
+        self.config = config
+        self.adapter = adapter
+        self.scorer = scorer
+        self.selector = selector
+        #: one entry per image of the last ``generate`` / ``__call__`` / ``select`` call, in batch order
+        self.last_selection: list[Selection] = []
+        self._projectors: dict[torch.dtype, torch.nn.Module] = {}
+
+    def __repr__(self) -> str:
+        scorer = self.scorer.name if self.scorer is not None else None
+        return (f"PrunedModel({type(self.model).__name__}, adapter={self.adapter.name!r}, scorer={scorer!r}, "
+                f"selector={self.selector.name!r}, budget={self.config.budget!r})")
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def _projector(self, dtype: torch.dtype) -> torch.nn.Module:
+        # the perturbed passes run in the scoring dtype; an fp32 copy of the projector is small next to the model
+        if dtype not in self._projectors:
+            projector = self.adapter.projector()
+            if next(projector.parameters()).dtype != dtype:
+                projector = copy.deepcopy(projector).to(dtype)
+            self._projectors[dtype] = projector.eval()
+        return self._projectors[dtype]
+
+    @torch.no_grad()
+    def select(self, **inputs: Any) -> list[Selection]:
+        """Score and select the visual tokens of every image in ``inputs`` without running the language model."""
+        images = self._extract(inputs)
+        self.last_selection = self._select(images)
+        return self.last_selection
+
+    def _extract(self, inputs: dict[str, Any]) -> list[ImageTokens]:
+        dtype = self.config.torch_dtype(next(self.adapter.projector().parameters()).dtype)
+        requires = self.scorer.requires if self.scorer is not None else frozenset()
+        return self.adapter.extract(inputs, self._projector(dtype), dtype, requires)
+
+    def _select(self, images: list[ImageTokens]) -> list[Selection]:
+        selections = []
+        for tokens in images:
+            # a generator per image, seeded alike: an image's selection does not depend on its batch neighbours
+            ctx = Context(generator=torch.Generator(tokens.features.device).manual_seed(self.config.seed),
+                          dtype=tokens.features.dtype)
+            n = tokens.num_tokens
+            k = self.config.budget.tokens_for(n)
+            scores = self.scorer.score(tokens, ctx) if self.scorer is not None else None
+            if scores is not None and tuple(scores.shape) != (n,):
+                raise PluginError(f"scorer {self.scorer.name!r} returned scores of shape {tuple(scores.shape)}, "
+                                  f"expected ({n},)")
+            kept = self.selector.select(scores, tokens, k, ctx) if k < n else torch.arange(n)
+            _check_kept(kept, n, k, self.selector.name)
+            selections.append(Selection(tokens.sample, tokens.image, n, kept.to(torch.long), scores))
+        return selections
+
+    @torch.no_grad()
+    def prepare(self, **inputs: Any) -> dict[str, Any]:
+        """The model keyword arguments with only the kept visual tokens (what ``generate`` and ``__call__`` use)."""
+        images = self._extract(inputs)
+        if not images:  # text-only inputs: nothing to prune
+            self.last_selection = []
+            return dict(inputs)
+        self.last_selection = self._select(images)
+        kept = [s.kept.to(images[i].model_embeddings.device) for i, s in enumerate(self.last_selection)]
+        return self.adapter.pruned_inputs(inputs, images, kept)
+
+    def __call__(self, **inputs: Any) -> Any:
+        """The model's forward pass on the pruned inputs (logits cover the pruned sequence)."""
+        return self.model(**self.prepare(**inputs))
+
+    def forward(self, **inputs: Any) -> Any:
+        return self(**inputs)
+
+    @torch.no_grad()
+    def generate(self, **kwargs: Any) -> Any:
+        """``model.generate`` on the pruned inputs. Takes exactly what the model's own ``generate`` takes.
+
+        The returned sequences start with the caller's own ``input_ids`` (not the shorter pruned prompt), so
+        ``output[:, inputs["input_ids"].shape[1]:]`` is the generated text, as with the unpruned model.
+        """
+        pruned = self.prepare(**kwargs)
+        output = self.model.generate(**pruned)
+        original, short = kwargs.get("input_ids"), pruned.get("input_ids")
+        if original is None or short is None or original.shape == short.shape:
+            return output
+        sequences = output if isinstance(output, torch.Tensor) else output.sequences
+        if original.shape[0] != sequences.shape[0]:  # several sequences per prompt (beams, sampling)
+            original = original.repeat_interleave(sequences.shape[0] // original.shape[0], dim=0)
+        sequences = torch.cat([original.to(sequences.device), sequences[:, short.shape[1]:]], dim=1)
+        if isinstance(output, torch.Tensor):
+            return sequences
+        output.sequences = sequences
+        return output
+
+
+def _check_kept(kept: torch.Tensor, n: int, k: int, selector: str) -> None:
+    # a plugin's bug should surface here with its name, not as a shape error deep inside the language model
+    problem = None
+    if kept.ndim != 1 or kept.numel() != k:
+        problem = f"{tuple(kept.shape)} indices, expected {k}"
+    elif kept.dtype.is_floating_point:
+        problem = f"indices of dtype {kept.dtype}"
+    elif k and (int(kept.min()) < 0 or int(kept.max()) >= n):
+        problem = f"indices outside [0, {n})"
+    elif k > 1 and not bool((kept[1:] > kept[:-1]).all()):
+        problem = "indices that are not distinct and sorted ascending"
+    if problem:
+        raise PluginError(f"selector {selector!r} returned {problem}")
+
+
+def prune(model: torch.nn.Module, config: PipelineConfig | dict | str | Path | None = None,
+          **overrides: Any) -> PrunedModel:
+    """Put a pruning pipeline in front of ``model``'s language model.
+
+    ``config`` is a :class:`PipelineConfig`, a dict of its fields, or a path to a YAML/TOML/JSON file; ``overrides``
+    replace top-level fields (``prune(model, budget=128)``). The default config is the paper's ZOO-Prune keeping
+    64 tokens per image. ``model`` is not modified.
+    """
+    config = resolve_config(config, **overrides)
+    adapter = make_adapter(model, config)
+    scorer_entry = config.component("scorer")
+    selector_cls, selector_config = config.component("selector")
+    scorer = scorer_entry[0](scorer_entry[1]) if scorer_entry is not None else None
+    if scorer is not None and not scorer.requires <= adapter.provides:
+        missing = ", ".join(sorted(scorer.requires - adapter.provides))
+        raise ConfigError(f"scorer {scorer.name!r} needs {missing}, which adapter {adapter.name!r} cannot provide")
+    return PrunedModel(model, config, adapter, scorer, selector_cls(selector_config))
+
+
+def resolve_config(config: PipelineConfig | dict | str | Path | None = None, **overrides: Any) -> PipelineConfig:
+    """A validated PipelineConfig from any of the forms ``prune`` accepts."""
+    if config is None:
+        data: dict[str, Any] = {}
+    elif isinstance(config, PipelineConfig):
+        data = config.to_dict()
+    elif isinstance(config, dict):
+        data = dict(config)
+    elif isinstance(config, (str, Path)):
+        from zoprune.config import read_config_file
+
+        data = read_config_file(config)
+        if not isinstance(data, dict):
+            raise ConfigError(f"{config}: expected a mapping of config keys")
+    else:
+        raise ConfigError(f"config must be a PipelineConfig, a dict or a file path, not {type(config).__name__}")
+    if not overrides and isinstance(config, PipelineConfig):
+        return config
+    return PipelineConfig.from_dict({**data, **overrides}, source=str(config) if isinstance(config, (str, Path))
+                                    else "config")
+
+
+def make_adapter(model: Any, config: PipelineConfig) -> ModelAdapter:
+    """The configured adapter, or the first registered one that supports the model."""
+    if not isinstance(model, torch.nn.Module):
+        raise UnsupportedModelError(f"expected a transformers model (a torch.nn.Module), got {type(model).__name__}")
+    registry = get_registry()
+    supported = ", ".join(f"{cls} ({reg.name})" for reg in registry.components["adapter"].values()
+                          for cls in reg.cls.model_classes) or "none"
+    if config.adapter is not None:
+        cls, params = config.component("adapter")
+        if not cls.supports(model):
+            raise UnsupportedModelError(f"adapter {cls.name!r} does not support {type(model).__name__}; "
+                                        f"it handles: {', '.join(cls.model_classes) or 'see its docs'}")
+        return cls(model, params)
+    for registered in registry.components["adapter"].values():
+        if registered.cls.supports(model):
+            return registered.cls(model)
+    raise UnsupportedModelError(
+        f"{type(model).__name__} is not a vision-language model any registered adapter supports. "
+        f"Supported model classes: {supported}. Name an adapter in the config, or register one as a plugin."
+    )

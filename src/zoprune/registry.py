@@ -1,0 +1,125 @@
+"""Finds components by name: loads the ``zoprune`` entry points into one pluggy manager and collects what the
+plugins register.
+
+A plugin that fails to import is recorded with its error and named whenever a lookup fails; it never stops the
+other plugins from loading.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pluggy
+
+from zoprune import hookspecs
+from zoprune.errors import PluginError
+from zoprune.interfaces import ModelAdapter, Scorer, Selector
+
+ENTRY_POINT_GROUP = "zoprune"
+Kind = Literal["scorer", "selector", "adapter"]
+_BASES: dict[str, type] = {"scorer": Scorer, "selector": Selector, "adapter": ModelAdapter}
+
+
+@dataclass(frozen=True)
+class Registered:
+    """A component class and where it came from."""
+
+    kind: Kind
+    name: str
+    cls: type
+    plugin: str  # the entry point's (or plugin object's) name
+    distribution: str  # the distribution that provides it, e.g. "zoprune"
+
+
+@dataclass
+class Registry:
+    """All components registered by the loaded plugins, by kind and name."""
+
+    manager: pluggy.PluginManager
+    components: dict[str, dict[str, Registered]] = field(default_factory=lambda: {k: {} for k in _BASES})
+    failures: dict[str, str] = field(default_factory=dict)  # plugin name -> "distribution: error"
+
+    def register_plugin(self, plugin: object, name: str, distribution: str = "(local)") -> None:
+        """Register a plugin object (a module or class with hook implementations) and collect its components."""
+        self.manager.register(plugin, name=name)
+        for kind in _BASES:
+            hook = getattr(self.manager.hook, f"register_{kind}s")
+            # call only this plugin's implementations, so components are attributed to the plugin that made them
+            for impl in (impl for impl in hook.get_hookimpls() if impl.plugin is plugin):
+                impl.function(register=self._collector(kind, name, distribution))
+
+    def _collector(self, kind: Kind, plugin: str, distribution: str):
+        base = _BASES[kind]
+
+        def register(cls: type) -> None:
+            if not (isinstance(cls, type) and issubclass(cls, base)):
+                raise PluginError(f"plugin {plugin!r} registered {cls!r} as a {kind}, but it is not a {base.__name__}")
+            name = getattr(cls, "name", None)
+            if not isinstance(name, str) or not name:
+                raise PluginError(f"plugin {plugin!r} registered {cls.__name__} without a `name`")
+            existing = self.components[kind].get(name)
+            if existing is not None and existing.cls is not cls:
+                raise PluginError(
+                    f"{kind} name {name!r} is registered twice: by {existing.plugin!r} ({existing.distribution}) "
+                    f"and by {plugin!r} ({distribution})"
+                )
+            self.components[kind][name] = Registered(kind, name, cls, plugin, distribution)
+
+        return register
+
+    def names(self, kind: Kind) -> list[str]:
+        return sorted(self.components[kind])
+
+    def get(self, kind: Kind, name: str) -> Registered:
+        """The component of that kind and name, or a PluginError listing the known names and failed plugins."""
+        found = self.components[kind].get(name)
+        if found is not None:
+            return found
+        known = ", ".join(self.names(kind)) or "none"
+        message = f"unknown {kind} {name!r}; known {kind}s: {known}"
+        if self.failures:
+            failed = "; ".join(f"{plugin} ({why})" for plugin, why in sorted(self.failures.items()))
+            message += f". Plugins that failed to load: {failed}"
+        raise PluginError(message)
+
+    def all(self) -> list[Registered]:
+        return [reg for kind in _BASES for _, reg in sorted(self.components[kind].items())]
+
+
+def load_registry() -> Registry:
+    """A fresh registry with every ``zoprune`` entry point loaded."""
+    manager = pluggy.PluginManager(ENTRY_POINT_GROUP)
+    manager.add_hookspecs(hookspecs)
+    registry = Registry(manager)
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        distribution = ep.dist.name if ep.dist is not None else "(unknown)"
+        if manager.has_plugin(ep.name):
+            continue  # the same distribution seen twice on sys.path
+        try:
+            plugin = ep.load()
+            registry.register_plugin(plugin, ep.name, distribution)
+        except Exception as error:  # a broken plugin must not take the others down
+            if manager.has_plugin(ep.name):
+                manager.unregister(name=ep.name)
+            registry.failures[ep.name] = f"{distribution}: {type(error).__name__}: {error}"
+    return registry
+
+
+_registry: Registry | None = None
+
+
+def get_registry() -> Registry:
+    """The process-wide registry, loaded on first use."""
+    global _registry
+    if _registry is None:
+        _registry = load_registry()
+    return _registry
+
+
+def reload_registry() -> Registry:
+    """Forget the loaded plugins and load the entry points again (after installing a plugin, in tests)."""
+    global _registry
+    _registry = None
+    return get_registry()
