@@ -79,7 +79,8 @@ def save_tiny_llava(path: Path, seed: int = 0) -> Path:
                 "{% else %}{{ part['text'] }} {% endif %}{% endfor %}{% endfor %}"
                 "{% if add_generation_prompt %}ASSISTANT:{% endif %}")
     processor = LlavaProcessor(image_processor=image_processor, tokenizer=word_tokenizer(), patch_size=8,
-                               vision_feature_select_strategy="default", chat_template=template)
+                               vision_feature_select_strategy="default", chat_template=template,
+                               num_additional_image_tokens=1)
     model.save_pretrained(path)
     processor.save_pretrained(path)
     return path

@@ -151,12 +151,15 @@ class PipelineConfig(BaseModel):
         return cls.from_dict(read_config_file(path), source=str(path))
 
     @classmethod
-    def from_dict(cls, data: Any, source: str = "config") -> "PipelineConfig":
+    def from_dict(cls, data: Any, source: str | None = None) -> "PipelineConfig":
+        """Validate a mapping; ``source`` (a file name) prefixes error messages."""
         if not isinstance(data, dict):
-            raise ConfigError(f"{source}: expected a mapping of config keys, got {type(data).__name__}")
+            raise ConfigError(f"{source or 'config'}: expected a mapping of config keys, got {type(data).__name__}")
         try:
             return cls(**data)
         except ConfigError as error:
+            if source is None:
+                raise
             raise ConfigError(f"{source}: {error}") from None
 
     def save(self, path: str | Path) -> None:

@@ -180,8 +180,8 @@ def resolve_config(config: PipelineConfig | dict | str | Path | None = None, **o
         raise ConfigError(f"config must be a PipelineConfig, a dict or a file path, not {type(config).__name__}")
     if not overrides and isinstance(config, PipelineConfig):
         return config
-    return PipelineConfig.from_dict({**data, **overrides}, source=str(config) if isinstance(config, (str, Path))
-                                    else "config")
+    source = str(config) if isinstance(config, (str, Path)) else None
+    return PipelineConfig.from_dict({**data, **overrides}, source=source)
 
 
 def make_adapter(model: Any, config: PipelineConfig) -> ModelAdapter:

@@ -17,6 +17,8 @@ from zoprune import ImageTokens, InputError, ModelAdapter, hookimpl
 
 
 class LlavaAdapter(ModelAdapter):
+    """LLaVA-1.5 layout: N = (image_size / patch_size)^2 tokens per image, several images per prompt."""
+
     name = "llava"
     model_classes = ("LlavaForConditionalGeneration",)
 

@@ -1,0 +1,30 @@
+"""The typer application every sub-command registers on, and the error handling they share."""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import typer
+from rich.console import Console
+
+from zoprune.errors import ZopruneError
+
+app = typer.Typer(help="Prune the visual tokens of vision-language models.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+console = Console()
+err_console = Console(stderr=True)
+
+
+def friendly_errors(command: Callable) -> Callable:
+    """Show zoprune's own errors as one readable message and exit 2, instead of a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except ZopruneError as error:
+            err_console.print(f"[bold red]error:[/] {error}", highlight=False, markup=True, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper

@@ -1,0 +1,61 @@
+"""``zoprune run``: answer one prompt about one image with a pruned model, and say what it cost."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+import typer
+
+from zoprune.cli.app import app, console, friendly_errors
+from zoprune.cli.loading import load_image, load_model, pipeline_config, prompt_text
+
+
+@app.command()
+@friendly_errors
+def run(
+    image: Path = typer.Option(..., "--image", help="image file"),
+    prompt: str = typer.Option(..., "--prompt", help="the question or instruction"),
+    model: Optional[str] = typer.Option(None, "--model", help="checkpoint directory or hub id [default: shipped]"),
+    config: Optional[Path] = typer.Option(None, "--config", help="pipeline config (YAML, TOML or JSON)"),
+    keep: Optional[int] = typer.Option(None, "--keep", help="visual tokens kept per image (overrides the config)"),
+    ratio: Optional[float] = typer.Option(None, "--ratio", help="fraction of visual tokens kept, in (0, 1]"),
+    max_new_tokens: int = typer.Option(32, "--max-new-tokens", min=1),
+    compare: bool = typer.Option(False, "--compare", help="also answer with every token, for comparison"),
+    dtype: str = typer.Option("float32", "--dtype", help="model dtype: float32, bfloat16 or float16"),
+    device: str = typer.Option("cpu", "--device"),
+) -> None:
+    """Answer PROMPT about IMAGE with the visual tokens pruned; print the answer, tokens kept and time."""
+    import zoprune
+
+    cfg = pipeline_config(str(config) if config else None, keep=keep, ratio=ratio)
+    picture = load_image(image)
+    with console.status("loading model"):
+        hf_model, processor = load_model(model, dtype=dtype, device=device)
+    pruned = zoprune.prune(hf_model, cfg)
+    inputs = processor(images=[picture], text=[prompt_text(processor, prompt)], return_tensors="pt").to(device)
+    length = inputs["input_ids"].shape[1]
+    generation = {"max_new_tokens": max_new_tokens, "do_sample": False}
+
+    start = time.perf_counter()
+    output = pruned.generate(**inputs, **generation)
+    elapsed = time.perf_counter() - start
+    answer = processor.batch_decode(output[:, length:], skip_special_tokens=True)[0].strip()
+    selection = pruned.last_selection
+    kept = sum(s.kept.numel() for s in selection)
+    total = sum(s.num_tokens for s in selection)
+
+    console.print(f"[bold]answer:[/] {answer}", highlight=False)
+    console.print(f"visual tokens kept: {kept} / {total} ({100 * kept / max(total, 1):.1f}%) "
+                  f"[dim]scorer={cfg.scorer.name if cfg.scorer else None} selector={cfg.selector.name}[/]")
+    console.print(f"time: {elapsed:.3f} s (pruning and generation, {output.shape[1] - length} tokens)")
+    if compare:
+        start = time.perf_counter()
+        with torch.no_grad():
+            full = hf_model.generate(**inputs, **generation)
+        full_time = time.perf_counter() - start
+        full_answer = processor.batch_decode(full[:, length:], skip_special_tokens=True)[0].strip()
+        console.print(f"[bold]unpruned answer:[/] {full_answer}", highlight=False)
+        console.print(f"unpruned time: {full_time:.3f} s ({full_time / elapsed:.2f}x the pruned time)")
