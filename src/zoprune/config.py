@@ -112,14 +112,12 @@ class PipelineConfig(BaseModel):
     def _validate_components(self) -> "PipelineConfig":
         from zoprune.registry import get_registry
 
-        registry = get_registry()
-        selector = registry.get("selector", self.selector.name).cls
-        if selector.needs_scores and self.scorer is None:
-            raise ValueError(f"selector {self.selector.name!r} needs scores, but `scorer` is null")
         for kind in ("adapter", "scorer", "selector"):
             spec = getattr(self, kind)
             if spec is not None:
                 component_config(kind, spec)
+        if get_registry().get("selector", self.selector.name).cls.needs_scores and self.scorer is None:
+            raise ValueError(f"selector {self.selector.name!r} needs scores, but `scorer` is null")
         return self
 
     def component(self, kind: Literal["adapter", "scorer", "selector"]) -> tuple[type, BaseModel] | None:

@@ -123,25 +123,30 @@ def image_positions(row: torch.Tensor, image_token_id: int, n: int, image: int) 
 
 
 def drop_columns(inputs: dict[str, Any], drop: torch.Tensor, pad_id: int) -> dict[str, Any]:
-    """Remove the ``drop`` (B, L) positions from every per-token tensor of ``inputs`` and pad the rows back to one
-    length on the side the batch is padded (left when unsure, as generation wants). Rows that drop nothing and
-    need no new padding come back unchanged."""
+    """Remove the ``drop`` (B, L) positions from every per-token tensor of ``inputs`` and re-pad the rows to one
+    length, on the side the batch is padded (left when unsure, as generation wants).
+
+    Each row keeps its unpadded tokens; the width is the longest row plus the padding every row shared, so with
+    nothing dropped the inputs come back exactly as they were.
+    """
     input_ids = inputs["input_ids"]
     batch, length = input_ids.shape
     mask = inputs.get("attention_mask")
-    left = mask is None or bool((mask[:, 0] == 0).any()) or not bool((mask[:, -1] == 0).any())
-    lengths = (~drop).sum(dim=1)
-    width = int(lengths.max())
+    if mask is None:
+        mask = torch.ones_like(input_ids)
+    left = bool((mask[:, 0] == 0).any()) or not bool((mask[:, -1] == 0).any())
+    real = mask.bool() & ~drop  # (B, L): tokens that stay
+    padding = int((mask == 0).sum(dim=1).min())
+    width = int(real.sum(dim=1).max()) + padding
     per_token = {key: value for key, value in inputs.items()
                  if isinstance(value, torch.Tensor) and value.shape[:2] == (batch, length)}
-    if mask is None:
-        per_token["attention_mask"] = torch.ones_like(input_ids)
+    per_token["attention_mask"] = mask
     out = {}
     for key, value in per_token.items():
         fill = pad_id if key == "input_ids" else 0
         rows = []
         for b in range(batch):
-            row = value[b][~drop[b]]
+            row = value[b][real[b]]
             pad = row.new_full((width - row.shape[0], *row.shape[1:]), fill)
             rows.append(torch.cat([pad, row] if left else [row, pad]))
         out[key] = torch.stack(rows)

@@ -15,8 +15,9 @@ def plugins() -> None:
 
     registry = get_registry()
     table = Table(title="zoprune components")
-    for column in ("kind", "name", "distribution", "plugin", "description"):
-        table.add_column(column)
+    for column in ("kind", "name", "distribution", "plugin"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("description", overflow="fold")
     for reg in registry.all():
         doc = (reg.cls.__doc__ or "").strip().splitlines()
         table.add_row(reg.kind, reg.name, reg.distribution, reg.plugin, doc[0] if doc else "")
