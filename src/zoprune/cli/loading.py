@@ -31,6 +31,10 @@ def load_model(name_or_path: str | None, dtype: str = "float32", device: str = "
     name_or_path = name_or_path or default_model()
     if name_or_path is None:
         raise ZopruneError("no --model given and no shipped default model is installed")
+    if name_or_path.startswith((".", "/", "~")) and not Path(name_or_path).expanduser().exists():
+        raise ZopruneError(f"model directory not found: {name_or_path}")
+    if dtype not in DTYPES:
+        raise ZopruneError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
     kwargs: dict[str, Any] = {"dtype": DTYPES[dtype]}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
