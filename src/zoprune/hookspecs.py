@@ -46,3 +46,13 @@ def register_adapters(register: Callable[[type], None]) -> None:
     and projector are, and how to run the model with only the kept tokens. Auto-detection asks each registered
     adapter, in registration order, whether it ``supports`` the model.
     """
+
+
+@hookspec
+def register_methods(register: Callable[..., None]) -> None:
+    """Register named pipelines: ``register("zoo-prune", {"selector": "coverage"}, "ZOO-Prune (the paper)")``.
+
+    Called once, when the registry first loads plugins. A method is a partial :class:`zoprune.PipelineConfig`
+    (without a budget) that commands such as ``zoprune eval --method NAME`` refer to by name. A method whose
+    components are not installed is listed as unavailable instead of failing.
+    """

@@ -24,7 +24,8 @@ class Selection:
     image: int  # the image's index within its prompt
     num_tokens: int  # N, the image's visual tokens before pruning
     kept: torch.Tensor  # (k,) sorted indices into the N tokens
-    scores: torch.Tensor | None  # (N,) the scorer's output, None without a scorer
+    scores: torch.Tensor | None  # (N,) the scorer's output; None without a scorer or when all N are kept
+    grid: tuple[int, int] | None = None  # (rows, cols) of the patch grid, when the tokens form one
 
 
 class PrunedModel:
@@ -73,19 +74,25 @@ class PrunedModel:
 
     def _select(self, images: list[ImageTokens]) -> list[Selection]:
         selections = []
-        for tokens in images:
+        budgets = self.adapter.token_budgets(self.config.budget, images)
+        for tokens, k in zip(images, budgets):
             # a generator per image, seeded alike: an image's selection does not depend on its batch neighbours
             ctx = Context(generator=torch.Generator(tokens.features.device).manual_seed(self.config.seed),
                           dtype=tokens.features.dtype)
             n = tokens.num_tokens
-            k = self.config.budget.tokens_for(n)
+            if not 1 <= k <= n:
+                raise PluginError(f"adapter {self.adapter.name!r} gave a budget of {k} tokens to an entry "
+                                  f"of {n}")
+            if k == n:  # nothing to prune: no scoring work either
+                selections.append(Selection(tokens.sample, tokens.image, n, torch.arange(n), None, tokens.grid))
+                continue
             scores = self.scorer.score(tokens, ctx) if self.scorer is not None else None
             if scores is not None and tuple(scores.shape) != (n,):
                 raise PluginError(f"scorer {self.scorer.name!r} returned scores of shape {tuple(scores.shape)}, "
                                   f"expected ({n},)")
-            kept = self.selector.select(scores, tokens, k, ctx) if k < n else torch.arange(n)
+            kept = self.selector.select(scores, tokens, k, ctx)
             _check_kept(kept, n, k, self.selector.name)
-            selections.append(Selection(tokens.sample, tokens.image, n, kept.to(torch.long), scores))
+            selections.append(Selection(tokens.sample, tokens.image, n, kept.to(torch.long), scores, tokens.grid))
         return selections
 
     @torch.no_grad()

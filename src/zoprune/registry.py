@@ -33,6 +33,17 @@ class Registered:
     distribution: str  # the distribution that provides it, e.g. "zoprune"
 
 
+@dataclass(frozen=True)
+class Method:
+    """A named pipeline (a partial PipelineConfig without budget) and where it came from."""
+
+    name: str
+    config: dict
+    description: str
+    plugin: str
+    distribution: str
+
+
 @dataclass
 class Registry:
     """All components registered by the loaded plugins, by kind and name."""
@@ -40,6 +51,7 @@ class Registry:
     manager: pluggy.PluginManager
     components: dict[str, dict[str, Registered]] = field(default_factory=lambda: {k: {} for k in _BASES})
     failures: dict[str, str] = field(default_factory=dict)  # plugin name -> "distribution: error"
+    methods: dict[str, Method] = field(default_factory=dict)
 
     def register_plugin(self, plugin: object, name: str, distribution: str = "(local)") -> None:
         """Register a plugin object (a module or class with hook implementations) and collect its components."""
@@ -49,6 +61,20 @@ class Registry:
             # call only this plugin's implementations, so components are attributed to the plugin that made them
             for impl in (impl for impl in hook.get_hookimpls() if impl.plugin is plugin):
                 impl.function(register=self._collector(kind, name, distribution))
+        for impl in (impl for impl in self.manager.hook.register_methods.get_hookimpls() if impl.plugin is plugin):
+            impl.function(register=self._method_collector(name, distribution))
+
+    def _method_collector(self, plugin: str, distribution: str):
+        def register(name: str, config: dict, description: str = "") -> None:
+            if "budget" in config:
+                raise PluginError(f"plugin {plugin!r}: method {name!r} must not fix a budget")
+            existing = self.methods.get(name)
+            if existing is not None and existing.config != config:
+                raise PluginError(f"method name {name!r} is registered twice: by {existing.plugin!r} "
+                                  f"({existing.distribution}) and by {plugin!r} ({distribution})")
+            self.methods[name] = Method(name, dict(config), description, plugin, distribution)
+
+        return register
 
     def _collector(self, kind: Kind, plugin: str, distribution: str):
         base = _BASES[kind]
@@ -83,6 +109,22 @@ class Registry:
             failed = "; ".join(f"{plugin} ({why})" for plugin, why in sorted(self.failures.items()))
             message += f". Plugins that failed to load: {failed}"
         raise PluginError(message)
+
+    def method(self, name: str) -> Method:
+        """The named method, or a PluginError listing the known ones."""
+        if name not in self.methods:
+            raise PluginError(f"unknown method {name!r}; known methods: {', '.join(sorted(self.methods)) or 'none'}")
+        return self.methods[name]
+
+    def method_available(self, name: str) -> str | None:
+        """None when every component the method names is registered; otherwise why not."""
+        config = self.method(name).config
+        for kind in ("adapter", "scorer", "selector"):
+            spec = config.get(kind)
+            spec_name = spec.get("name") if isinstance(spec, dict) else spec
+            if isinstance(spec_name, str) and spec_name.lower() != "none" and spec_name not in self.components[kind]:
+                return f"{kind} {spec_name!r} is not installed"
+        return None
 
     def all(self) -> list[Registered]:
         return [reg for kind in _BASES for _, reg in sorted(self.components[kind].items())]

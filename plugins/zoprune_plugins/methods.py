@@ -1,0 +1,28 @@
+"""The named pipelines of the paper and its peers, so commands can say ``--method divprune``.
+
+A method whose components are not installed is listed as unavailable and left out of evaluations.
+"""
+
+from __future__ import annotations
+
+from zoprune import hookimpl
+
+METHODS: dict[str, tuple[dict, str]] = {
+    "zoo-prune": ({"scorer": "zo_sensitivity", "selector": "coverage"},
+                  "ZOO-Prune: ZO sensitivity x diversity, product fusion (the paper)"),
+    "zoo-prune-sum": ({"scorer": "zo_sensitivity", "selector": {"name": "coverage", "fusion": "sum"}},
+                      "ablation: sensitivity + diversity"),
+    "zo-topk": ({"scorer": "zo_sensitivity", "selector": "topk"}, "ablation: sensitivity only (top-k ZO score)"),
+    "divprune": ({"scorer": None, "selector": "divprune"}, "DivPrune: max-min diversity (ablation: diversity only)"),
+    "norm": ({"scorer": "norm", "selector": "topk"}, "top-k by the L2 norm of the projected feature"),
+    "cls-attention": ({"scorer": "cls_attention", "selector": "topk"},
+                      "FasterVLM / VisionZip dominant tokens: [CLS] attention in the vision encoder"),
+    "random": ({"scorer": None, "selector": "random"}, "random tokens (seeded): the floor"),
+    "uniform": ({"scorer": None, "selector": "uniform"}, "a regular grid over the patches: the floor"),
+}
+
+
+@hookimpl
+def register_methods(register):
+    for name, (config, description) in METHODS.items():
+        register(name, config, description)

@@ -1,0 +1,44 @@
+"""The accuracy measurement: scoring, intervals, data files."""
+
+import json
+
+import pytest
+
+from zoprune.errors import InputError
+from zoprune.evaluation import Example, load_jsonl, normalize, score, wilson_interval
+
+
+def test_normalize():
+    assert normalize("  Red. ") == "red"
+    assert normalize("Two circles!") == normalize("two   circles")
+    assert normalize("yes") != normalize("yes no")
+
+
+def test_wilson_interval():
+    low, high = wilson_interval(900, 1000)
+    assert low == pytest.approx(0.8798, abs=1e-4) and high == pytest.approx(0.9171, abs=1e-4)
+    assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == 1.0
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    # a 2-point gap at 1,000 questions is at the edge of what the interval resolves
+    assert wilson_interval(900, 1000)[1] - wilson_interval(900, 1000)[0] < 0.04
+
+
+def test_score_counts_exact_matches_by_kind():
+    examples = [Example(None, "q", "red", "colour"), Example(None, "q", "two", "count"),
+                Example(None, "q", "yes", "count")]
+    result = score("m", 8, examples, ["Red", "three", "yes."], [8, 8, 8], [16, 16, 16])
+    assert (result.correct, result.total) == (2, 3)
+    assert result.by_kind == {"colour": 1.0, "count": 0.5}
+    assert result.kept_tokens == 8 and result.total_tokens == 16
+
+
+def test_jsonl_errors_name_the_line(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps({"image": "missing.png", "question": "q", "answer": "a"}) + "\n")
+    with pytest.raises(InputError, match="line 1"):
+        load_jsonl(path)
+    path.write_text('{"question": "q"}\n')
+    with pytest.raises(InputError, match="line 1.*image, question and answer"):
+        load_jsonl(path)
+    with pytest.raises(InputError, match="not found"):
+        load_jsonl(tmp_path / "nope.jsonl")
