@@ -40,7 +40,7 @@ class PrunedModel:
         self.selector = selector
         #: one entry per image of the last ``generate`` / ``__call__`` / ``select`` call, in batch order
         self.last_selection: list[Selection] = []
-        self._projectors: dict[torch.dtype, torch.nn.Module] = {}
+        self._projectors: dict[tuple[torch.dtype, torch.device], torch.nn.Module] = {}
 
     def __repr__(self) -> str:
         scorer = self.scorer.name if self.scorer is not None else None
@@ -53,12 +53,14 @@ class PrunedModel:
 
     def _projector(self, dtype: torch.dtype) -> torch.nn.Module:
         # the perturbed passes run in the scoring dtype; an fp32 copy of the projector is small next to the model
-        if dtype not in self._projectors:
-            projector = self.adapter.projector()
-            if next(projector.parameters()).dtype != dtype:
-                projector = copy.deepcopy(projector).to(dtype)
-            self._projectors[dtype] = projector.eval()
-        return self._projectors[dtype]
+        projector = self.adapter.projector()
+        weight = next(projector.parameters())
+        if weight.dtype == dtype:
+            return projector
+        key = (dtype, weight.device)  # the model may have moved since the copy was made
+        if key not in self._projectors:
+            self._projectors[key] = copy.deepcopy(projector).to(dtype).eval()
+        return self._projectors[key]
 
     @torch.no_grad()
     def select(self, **inputs: Any) -> list[Selection]:

@@ -40,6 +40,16 @@ def test_keep_all_is_exact(prompts, images, attn):
         (sample, image) for sample, count in enumerate(images) for image in range(count)]
 
 
+def test_beam_search_and_several_sequences(model):
+    inputs = llava_batch(model, [[6, 7, 8, 9, 10, 19], [6, 19]], [1, 2])
+    beams = {"max_new_tokens": 4, "num_beams": 2, "num_return_sequences": 2, "do_sample": False}
+    assert torch.equal(keep_all(model).generate(**inputs, **beams), model.generate(**inputs, **beams))
+    output = zoprune.prune(model, budget=4).generate(**inputs, **beams, return_dict_in_generate=True)
+    length = inputs["input_ids"].shape[1]
+    assert output.sequences.shape == (4, length + 4)
+    assert torch.equal(output.sequences[:, :length], inputs["input_ids"].repeat_interleave(2, dim=0))
+
+
 def test_model_is_left_untouched(model):
     before = {name: p.clone() for name, p in model.state_dict().items()}
     inputs = llava_batch(model, [[6, 7]], [1])
