@@ -126,6 +126,15 @@ class ModelAdapter(ABC):
         ``extras`` names the signals scorers asked for.
         """
 
+    def token_budgets(self, budget: Any, images: list[ImageTokens]) -> list[int]:
+        """How many tokens each entry of ``images`` keeps under ``budget`` (a :class:`zoprune.Budget`).
+
+        By default the budget applies to every entry on its own. An adapter that emits several entries for one image
+        or video (its views, its frames) overrides this to share that input's budget between them. Each count must
+        lie in ``[1, N]`` of its entry.
+        """
+        return [budget.tokens_for(tokens.num_tokens) for tokens in images]
+
     @abstractmethod
     def pruned_inputs(
         self, inputs: dict[str, Any], images: list[ImageTokens], kept: list[torch.Tensor]
