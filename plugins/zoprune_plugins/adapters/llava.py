@@ -14,6 +14,7 @@ import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from zoprune import ImageTokens, InputError, ModelAdapter, hookimpl
+from zoprune_plugins.adapters.vision_attention import cls_attention, encoder_layers
 
 
 class LlavaAdapter(ModelAdapter):
@@ -21,6 +22,7 @@ class LlavaAdapter(ModelAdapter):
 
     name = "llava"
     model_classes = ("LlavaForConditionalGeneration",)
+    provides = frozenset({"cls_attention"})
 
     @property
     def _inner(self):
@@ -33,17 +35,43 @@ class LlavaAdapter(ModelAdapter):
     def image_token_id(self) -> int:
         return self.model.config.image_token_id
 
-    def vision_features(self, inputs: dict[str, Any]) -> torch.Tensor:
-        """The projector's input for every image, (num_images, N, d_v), selected as ``get_image_features`` does."""
+    def _feature_layers(self, inputs: dict[str, Any]) -> tuple[list[int], str]:
         config = self.model.config
-        layer = inputs.get("vision_feature_layer") or config.vision_feature_layer
+        layer = inputs.get("vision_feature_layer")
+        layer = config.vision_feature_layer if layer is None else layer  # 0 is a valid layer, not "unset"
         strategy = inputs.get("vision_feature_select_strategy") or config.vision_feature_select_strategy
-        outputs = self._inner.vision_tower(inputs["pixel_values"], output_hidden_states=True, return_dict=True)
-        layers = [layer] if isinstance(layer, int) else list(layer)
+        return ([layer] if isinstance(layer, int) else list(layer)), strategy
+
+    def vision_outputs(self, inputs: dict[str, Any]) -> Any:
+        """The vision tower's output on ``pixel_values``, with every hidden state."""
+        return self._inner.vision_tower(inputs["pixel_values"], output_hidden_states=True, return_dict=True)
+
+    def vision_features(self, inputs: dict[str, Any], outputs: Any = None) -> torch.Tensor:
+        """The projector's input for every image, (num_images, N, d_v), selected as ``get_image_features`` does."""
+        outputs = outputs if outputs is not None else self.vision_outputs(inputs)
+        layers, strategy = self._feature_layers(inputs)
         states = [outputs.hidden_states[i] for i in layers]
         if strategy == "default":  # drop [CLS]
             states = [s[:, 1:] for s in states]
         return torch.cat(states, dim=-1) if len(states) > 1 else states[0]
+
+    def cls_attention(self, inputs: dict[str, Any], outputs: Any) -> torch.Tensor:
+        """Attention of [CLS] to each visual token in the layer(s) the features come from, mean over heads (and
+        over the layers when several are concatenated): (num_images, N), float32.
+
+        Computed from the hidden state entering that layer, so it is the row eager attention would return, with
+        the model left on its own attention implementation.
+        """
+        layers, strategy = self._feature_layers(inputs)
+        blocks = encoder_layers(self._inner.vision_tower)
+        rows = []
+        for layer in layers:
+            index = layer % len(outputs.hidden_states)  # hidden_states[i] is the output of blocks[i - 1]
+            if index == 0:
+                raise InputError("[CLS] attention needs features from an encoder layer, not the embeddings")
+            rows.append(cls_attention(blocks[index - 1], outputs.hidden_states[index - 1]))  # (I, T)
+        attention = torch.stack(rows).mean(dim=0)
+        return attention[:, 1:] if strategy == "default" else attention
 
     def extract(self, inputs: dict[str, Any], projector: Callable[[torch.Tensor], torch.Tensor],
                 dtype: torch.dtype, extras: frozenset[str] = frozenset()) -> list[ImageTokens]:
@@ -58,7 +86,9 @@ class LlavaAdapter(ModelAdapter):
                 raise InputError(f"the prompts hold {int(placeholders.sum())} image placeholder tokens "
                                  f"(id {self.image_token_id}) but no `pixel_values` were given")
             return []
-        features = self.vision_features(inputs)  # (I, N, d_v) in the model's dtype
+        outputs = self.vision_outputs(inputs)
+        features = self.vision_features(inputs, outputs)  # (I, N, d_v) in the model's dtype
+        signals = {"cls_attention": self.cls_attention(inputs, outputs)} if "cls_attention" in extras else {}
         model_embeddings = self.projector()(features)  # (I, N, d_l), exactly as the unpruned forward computes them
         num_images, n = features.shape[:2]
         per_sample = self._images_per_sample(placeholders, n, num_images)
@@ -74,7 +104,7 @@ class LlavaAdapter(ModelAdapter):
                 images.append(ImageTokens(
                     features=scoring_features[index], embeddings=scoring_embeddings[index],
                     model_embeddings=model_embeddings[index], projector=projector, sample=sample, image=image,
-                    grid=grid,
+                    grid=grid, extras={name: value[index] for name, value in signals.items()},
                 ))
                 index += 1
         return images

@@ -24,6 +24,12 @@ class ZOSensitivityConfig(ComponentConfig):
         "work); 'black_box' only calls the projector; 'auto' takes 'structured' where the projector allows it",
     )
     chunk: int = Field(default=16, ge=1, description="directions evaluated at once; memory grows with chunk x N x d")
+    max_chunk_bytes: int | None = Field(
+        default=256 * 2**20, ge=2**20,
+        description="cap on the temporaries of one batch (estimated from the shapes): fewer directions than "
+        "`chunk` are batched when they would not fit, and tokens are split too when one direction does not fit; "
+        "null: no cap. The scores do not depend on it (up to float rounding)",
+    )
 
 
 class ZOSensitivity(Scorer):
@@ -41,9 +47,10 @@ class ZOSensitivity(Scorer):
         if mode == "structured" and parts is None:
             raise ConfigError("zo_sensitivity mode 'structured' needs a Linear-activation-Linear projector; "
                               "use mode 'black_box' or 'auto' for this model")
+        cap = self.config.max_chunk_bytes
         if parts is not None:
-            return structured_sensitivity(x, parts, directions, self.config.step, self.config.chunk)
-        return black_box_sensitivity(x, tokens.projector, directions, self.config.step, self.config.chunk)
+            return structured_sensitivity(x, parts, directions, self.config.step, self.config.chunk, cap)
+        return black_box_sensitivity(x, tokens.projector, directions, self.config.step, self.config.chunk, cap)
 
 
 def unit_directions(m: int, dim: int, generator: torch.Generator, dtype: torch.dtype,
@@ -53,30 +60,67 @@ def unit_directions(m: int, dim: int, generator: torch.Generator, dtype: torch.d
     return (u / u.norm(dim=-1, keepdim=True)).to(device=device, dtype=dtype)
 
 
+def batch_shape(m: int, n: int, chunk: int, bytes_per_pair: int, max_bytes: int | None) -> tuple[int, int]:
+    """(directions, tokens) per batch: at most ``chunk`` directions and all n tokens, shrunk so that a batch's
+    temporaries (``bytes_per_pair`` per direction and token) stay under ``max_bytes``."""
+    chunk = max(1, min(chunk, m))
+    if max_bytes is None:
+        return chunk, n
+    directions = max(1, min(chunk, max_bytes // max(1, n * bytes_per_pair)))
+    tokens = n if directions > 1 else max(1, min(n, max_bytes // max(1, bytes_per_pair)))
+    return directions, tokens
+
+
 def black_box_sensitivity(x: torch.Tensor, projector, directions: torch.Tensor, step: float,
-                          chunk: int) -> torch.Tensor:
-    """The estimator with the projector as a black box: 2m projector passes over all N tokens. Returns (N,)."""
+                          chunk: int, max_bytes: int | None = None) -> torch.Tensor:
+    """The estimator with the projector as a black box: 2m projector passes over all N tokens. Returns (N,).
+
+    ``max_bytes`` caps a batch by an estimate from the input and output widths (the hidden width is unknown)."""
+    d_out = _output_width(projector, x)
+    c, block = batch_shape(directions.shape[0], x.shape[0], chunk,
+                           (2 * x.shape[-1] + 4 * d_out) * x.element_size(), max_bytes)
     total = torch.zeros(x.shape[0], dtype=torch.float32, device=x.device)
-    for u in directions.split(chunk):  # u: (c, d_v)
+    for u in directions.split(c):  # u: (c, d_v)
         offset = step * u[:, None, :]  # (c, 1, d_v)
-        diff = projector(x[None] + offset) - projector(x[None] - offset)  # (c, N, d_l)
-        total += diff.float().norm(dim=-1).sum(0)
+        for start in range(0, x.shape[0], block):
+            xs = x[None, start:start + block]
+            diff = projector(xs + offset) - projector(xs - offset)  # (c, n, d_l)
+            total[start:start + block] += diff.float().norm(dim=-1).sum(0)
     return total / (2 * step * directions.shape[0])
 
 
 def structured_sensitivity(x: torch.Tensor, parts: MLPParts, directions: torch.Tensor, step: float,
-                           chunk: int) -> torch.Tensor:
+                           chunk: int, max_bytes: int | None = None) -> torch.Tensor:
     """The same estimate for ``second(act(first(x)))``: ``first(x)`` and ``W1 u`` are computed once, and the second
-    layer is applied to the difference of the two activated branches (its bias cancels). Returns (N,)."""
+    layer is applied to the difference of the two activated branches (its bias cancels). Returns (N,).
+
+    Per direction and token this costs ``d_h x d_l`` multiply-adds (one second-layer product) against
+    ``2 (d_v + d_l) d_h`` for the black box: 2.5x fewer at LLaVA-1.5's 1024 -> 4096 -> 4096."""
     pre = parts.first(x)  # (N, d_h): W1 x + b1
     moves = directions @ parts.first.weight.T  # (m, d_h): W1 u, independent of the tokens
-    w2 = parts.second.weight  # (d_l, d_h)
+    w2t = parts.second.weight.T  # (d_h, d_l)
+    d_h, d_l = w2t.shape
+    # alive at the peak: the two activated branches, their difference (in place) and the product
+    c, block = batch_shape(directions.shape[0], x.shape[0], chunk, (3 * d_h + d_l) * x.element_size(), max_bytes)
     total = torch.zeros(x.shape[0], dtype=torch.float32, device=x.device)
-    for v in moves.split(chunk):  # v: (c, d_h)
+    for v in moves.split(c):  # v: (c, d_h)
         offset = step * v[:, None, :]
-        diff = parts.activation(pre[None] + offset) - parts.activation(pre[None] - offset)  # (c, N, d_h)
-        total += (diff @ w2.T).float().norm(dim=-1).sum(0)  # (c, N, d_l) -> (N,)
+        for start in range(0, x.shape[0], block):
+            p = pre[None, start:start + block]
+            diff = parts.activation(p + offset)
+            diff -= parts.activation(p - offset)  # (c, n, d_h)
+            out = diff.reshape(-1, d_h) @ w2t  # one large product: (c n, d_l)
+            del diff
+            total[start:start + block] += torch.linalg.vector_norm(out.float(), dim=-1).view(-1, p.shape[1]).sum(0)
     return total / (2 * step * directions.shape[0])
+
+
+def _output_width(projector, x: torch.Tensor) -> int:
+    if isinstance(projector, torch.nn.Module):
+        linears = [m for m in projector.modules() if isinstance(m, torch.nn.Linear)]
+        if linears:
+            return max(linears[-1].out_features, max(m.out_features for m in linears))
+    return projector(x[:1]).shape[-1]
 
 
 @hookimpl

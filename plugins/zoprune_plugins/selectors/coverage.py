@@ -40,7 +40,88 @@ def minmax(scores: torch.Tensor) -> torch.Tensor:
 
 def coverage_select(scores: torch.Tensor, embeddings: torch.Tensor, k: int,
                     fusion: str = "product") -> torch.Tensor:
-    """Indices (k,) sorted ascending. ``scores``: (N,); ``embeddings``: (N, d)."""
+    """Indices (k,) sorted ascending. ``scores``: (N,); ``embeddings``: (N, d), any dtype, never copied whole."""
+    s = minmax(scores).to(embeddings.device)
+    return greedy_max_cosine(s, embeddings, k, int(torch.argmax(s)), fusion)
+
+
+def greedy_max_cosine(s: torch.Tensor, embeddings: torch.Tensor, k: int, first: int,
+                      fusion: str = "product", batch: int = 32, rows: int = 1024) -> torch.Tensor:
+    """Greedy selection by ``gain_i = s_i * (1 - max_{j kept} cos(z_i, z_j))`` (``s_i + (1 - max cos)`` for
+    ``fusion='sum'``), starting from ``first``; returns the k indices sorted ascending.
+
+    Exact lazy evaluation: a token's gain can only fall as the kept set grows, so a gain computed against an
+    older kept set bounds the current one from above. After each pick, the ``batch`` tokens with the highest
+    bounds are brought up to date against the kept tokens they have not seen; when the highest bound is then
+    current, no other token can beat it (ties go to the lower index, as with ``argmax``) and it is picked;
+    otherwise the next ``batch`` are updated. This picks what the plain loop (one pass over all N tokens per pick,
+    :func:`coverage_select_dense`) picks, up to float rounding in near-ties, touching only the tokens that compete
+    for the top.
+
+    Memory: O(N) state, the k kept rows normalised (k x d) and ``rows x d`` scratch; the (N, d) embeddings are
+    read in place, never copied whole. Used by ``divprune`` too (``s`` all ones).
+    """
+    n, d = embeddings.shape
+    device = embeddings.device
+    kept_rows = torch.empty(k, d, dtype=torch.float32, device=device)  # the kept tokens, normalised
+    chosen = torch.empty(k, dtype=torch.long, device=device)
+    chosen[0] = first
+    kept_rows[0] = _normalised(embeddings[first:first + 1])[0]
+    max_cos = torch.empty(n, dtype=torch.float32, device=device)
+    inv_norm = torch.empty(n, dtype=torch.float32, device=device)
+    for start in range(0, n, rows):  # the one pass over all tokens: their norms and cosine to the first pick
+        block = embeddings[start:start + rows].float()
+        inv_norm[start:start + rows] = 1 / torch.linalg.vector_norm(block, dim=-1).clamp_min(1e-12)
+        max_cos[start:start + rows] = (block @ kept_rows[0]) * inv_norm[start:start + rows]
+    seen = torch.ones(n, dtype=torch.long, device=device)  # how many kept tokens max_cos[i] accounts for
+    s = s.float()
+    bound = _gain(s, max_cos, fusion)
+    bound[first] = float("-inf")
+    batch = min(batch, n)
+    for t in range(1, k):  # t tokens kept so far
+        while True:
+            top = torch.topk(bound, batch, sorted=False).indices
+            stale = top[seen[top] < t]
+            if stale.numel():
+                _refresh(stale, t, embeddings, inv_norm, kept_rows, max_cos, seen)
+                bound[stale] = _gain(s[stale], max_cos[stale], fusion)
+                bound[chosen[:t]] = float("-inf")  # a kept token may be among them again
+            pick = int(torch.argmax(bound))
+            if int(seen[pick]) == t:
+                break
+        chosen[t] = pick
+        kept_rows[t] = _normalised(embeddings[pick:pick + 1])[0]
+        bound[pick] = float("-inf")
+    return torch.sort(chosen).values
+
+
+def _refresh(stale: torch.Tensor, t: int, embeddings: torch.Tensor, inv_norm: torch.Tensor,
+             kept_rows: torch.Tensor, max_cos: torch.Tensor, seen: torch.Tensor) -> None:
+    # bucket the tokens by how many kept tokens they missed (within a factor 2), so a token that missed 2 is not
+    # multiplied against the 1000 another one missed
+    missing = t - seen[stale]
+    bucket = torch.floor(torch.log2(missing.float())).long()
+    for level in torch.unique(bucket).tolist():
+        rows = stale[bucket == level]
+        oldest = max(0, t - 2 ** (level + 1))
+        cos = (embeddings[rows].float() @ kept_rows[oldest:t].T) * inv_norm[rows, None]  # (b, t - oldest)
+        cos = cos.amax(dim=1)
+        max_cos[rows] = torch.maximum(max_cos[rows], cos)
+        seen[rows] = t
+
+
+def _normalised(rows: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.normalize(rows.float(), dim=-1)
+
+
+def _gain(s: torch.Tensor, max_cos: torch.Tensor, fusion: str) -> torch.Tensor:
+    return s * (1 - max_cos) if fusion == "product" else s + (1 - max_cos)
+
+
+def coverage_select_dense(scores: torch.Tensor, embeddings: torch.Tensor, k: int,
+                          fusion: str = "product") -> torch.Tensor:
+    """The plain loop (one pass over all N normalised tokens per pick); ``coverage_select`` picks the same tokens.
+    Kept as the reference for tests and benchmarks."""
     s = minmax(scores)
     z = torch.nn.functional.normalize(embeddings.float(), dim=-1)  # (N, d)
     n = z.shape[0]

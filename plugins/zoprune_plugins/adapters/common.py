@@ -1,0 +1,145 @@
+"""Pieces shared by the adapters of families whose images are not one fixed block of tokens (LLaVA-NeXT's AnyRes
+views and newline tokens, Qwen's dynamic resolution and videos).
+
+Such an adapter describes every image or video as a :class:`VisualInput` (its L placeholder positions in the prompt
+and the L embeddings the model would put there) and emits one or more :class:`ViewTokens` per input (the whole
+input, or one entry per view or frame), each naming the positions of its N tokens among the input's L. Positions that
+no entry covers are either always kept (``VisualInput.always``) or always dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+from zoprune import Budget, ImageTokens, InputError
+
+
+@dataclass(eq=False)
+class VisualInput:
+    """One image or video as the language model sees it."""
+
+    kind: str  # "image" or "video": the key of ``mm_encoder_outputs`` its embeddings go to
+    index: int  # its place among the batch's inputs of that kind (the order of ``pixel_values``)
+    sample: int  # the prompt it belongs to
+    columns: torch.Tensor  # (L,) long: positions of its placeholders in the prompt's row of ``input_ids``
+    embeddings: torch.Tensor  # (L, d_l): what the model puts at those positions, in the model's dtype, exactly
+    always: torch.Tensor  # (L,) bool: positions kept whatever the selection (e.g. LLaVA-NeXT's newline tokens)
+
+
+@dataclass(eq=False)
+class ViewTokens(ImageTokens):
+    """ImageTokens that know where they sit in their :class:`VisualInput`."""
+
+    view: int = 0  # 0: the whole input or its first view; v > 0: its v-th crop / temporal slice
+    source: VisualInput | None = None
+    packed: torch.Tensor | None = None  # (N,) long: positions of these N tokens among ``source``'s L
+
+
+def share_evenly(total: int, capacities: list[int]) -> list[int]:
+    """Split ``total`` tokens evenly between views holding ``capacities`` tokens each.
+
+    A view that cannot take its share keeps all its tokens and the rest is shared by the others; a remainder goes
+    to the first views. Every view keeps at least one token, so the sum exceeds ``total`` only when ``total`` is
+    smaller than the number of views.
+    """
+    alloc = [0] * len(capacities)
+    remaining = min(total, sum(capacities))
+    open_ = list(range(len(capacities)))
+    while remaining > 0 and open_:
+        share, extra = divmod(remaining, len(open_))
+        full = [i for i in open_ if capacities[i] - alloc[i] <= share]
+        if full:
+            for i in full:
+                remaining -= capacities[i] - alloc[i]
+                alloc[i] = capacities[i]
+            open_ = [i for i in open_ if i not in full]
+            continue
+        for rank, i in enumerate(open_):
+            alloc[i] += share + (1 if rank < extra else 0)
+        remaining = 0
+    return [max(1, a) for a in alloc]
+
+
+def shared_budgets(budget: Budget, images: list[ImageTokens], split: bool) -> list[int]:
+    """Per-entry token counts. With ``split``, the entries of one :class:`VisualInput` share one budget computed on
+    their total token count, evenly (:func:`share_evenly`); without it, each entry has the budget to itself."""
+    if not split:
+        return [budget.tokens_for(tokens.num_tokens) for tokens in images]
+    groups: dict[int, list[int]] = {}
+    for i, tokens in enumerate(images):
+        groups.setdefault(id(tokens.source), []).append(i)
+    out = [0] * len(images)
+    for members in groups.values():
+        capacities = [images[i].num_tokens for i in members]
+        for i, k in zip(members, share_evenly(budget.tokens_for(sum(capacities)), capacities)):
+            out[i] = k
+    return out
+
+
+def kept_per_input(images: list[ViewTokens], kept: list[torch.Tensor]) -> list[tuple[VisualInput, torch.Tensor]]:
+    """Each input with its (L,) bool mask of kept positions, ordered by kind and index (the model's order)."""
+    masks: dict[int, tuple[VisualInput, torch.Tensor]] = {}
+    for tokens, indices in zip(images, kept):
+        source = tokens.source
+        if id(source) not in masks:
+            masks[id(source)] = (source, source.always.clone())
+        masks[id(source)][1][tokens.packed[indices.to(tokens.packed.device)]] = True
+    return sorted(masks.values(), key=lambda pair: (pair[0].kind, pair[0].index))
+
+
+def drop_mask(input_ids: torch.Tensor, inputs: list[tuple[VisualInput, torch.Tensor]]) -> torch.Tensor:
+    """(B, L) bool: the placeholder positions of tokens not kept."""
+    drop = torch.zeros_like(input_ids, dtype=torch.bool)
+    for source, keep in inputs:
+        drop[source.sample, source.columns[~keep.to(source.columns.device)]] = True
+    return drop
+
+
+def encoder_outputs(inputs: list[tuple[VisualInput, torch.Tensor]]) -> dict[str, BaseModelOutputWithPooling]:
+    """``mm_encoder_outputs`` holding, per kind, each input's kept embeddings (k_i, d_l) in the model's order."""
+    out: dict[str, list[torch.Tensor]] = {}
+    for source, keep in inputs:
+        out.setdefault(source.kind, []).append(source.embeddings[keep.to(source.embeddings.device)])
+    return {kind: BaseModelOutputWithPooling(pooler_output=embeds) for kind, embeds in out.items()}
+
+
+def assign_to_prompts(counts: torch.Tensor, lengths: list[int], what: str) -> list[int]:
+    """Which prompt each input belongs to, given the placeholder count of every prompt (B,) and the placeholder
+    length of every input in batch order (inputs fill the prompts in order, as processors lay them out)."""
+    owners: list[int] = []
+    index = 0
+    for sample, count in enumerate(counts.tolist()):
+        used = 0
+        while used < count and index < len(lengths):
+            used += lengths[index]
+            owners.append(sample)
+            index += 1
+        if used != count:
+            raise InputError(f"prompt {sample} has {count} {what} placeholder tokens, which do not match the "
+                             f"{what}s given (their token counts, in order: {lengths}); build inputs with the "
+                             f"model's processor")
+    if index != len(lengths):
+        raise InputError(f"the prompts hold placeholders for {index} {what}s but {len(lengths)} were given")
+    return owners
+
+
+def placeholder_columns(input_ids: torch.Tensor, token_id: int, owners: list[int],
+                        lengths: list[int]) -> list[torch.Tensor]:
+    """The (L_i,) placeholder positions of every input, consecutive runs of its prompt's placeholders."""
+    rows = {sample: (input_ids[sample] == token_id).nonzero().squeeze(-1) for sample in set(owners)}
+    offsets: dict[int, int] = {}
+    out = []
+    for sample, length in zip(owners, lengths):
+        start = offsets.get(sample, 0)
+        out.append(rows[sample][start:start + length])
+        offsets[sample] = start + length
+    return out
+
+
+def strip(inputs: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    """``inputs`` without ``keys`` (the vision inputs the pruned call must not repeat)."""
+    return {key: value for key, value in inputs.items() if key not in keys}

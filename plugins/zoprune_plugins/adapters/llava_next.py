@@ -1,0 +1,161 @@
+"""LLaVA-NeXT (``LlavaNextForConditionalGeneration``): AnyRes tiling, unpadding and ``image_newline`` tokens.
+
+An image becomes a base view (the whole image at the encoder's resolution, n = (image_size / patch_size)^2 tokens)
+plus crops of the best-fitting grid pinpoint; the crops' tokens are stitched into one high-resolution grid, the rows
+and columns that only cover padding are removed ("unpadding"), and a learned ``image_newline`` embedding ends each
+row of that grid. The model packs per image: ``[base (n)] + [row_1, newline, row_2, newline, ...]``.
+
+Scored tokens are the base and crop tokens: their projector input is the vision feature before the MLP projector.
+Newline tokens have no projector input, so no scorer can score them; the ``newlines`` option decides what happens
+to them (``keep``: always kept and not counted in the budget, as the ZOO-Prune authors do; ``drop``: always
+removed, with their placeholders). Either way the language model's input stays consistent: every placeholder left
+in ``input_ids`` receives exactly the embedding the unpruned model would put there.
+
+Budget policies (``adapter: {name: llava_next, budget_policy: ...}``):
+
+* ``global`` (default): one budget over all of an image's scored tokens (the paper's 2880 -> 640/320/160); one
+  ImageTokens per image, selection across views.
+* ``per_tile``: one ImageTokens per view (the base, then each crop in raster order), the image's budget split
+  evenly between them (a view with fewer tokens than its share keeps all, the rest goes to the others; at least one
+  token per view). This is the authors' choice for LLaVA-NeXT: selection and score normalisation run per view.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Literal
+
+import torch
+from pydantic import Field
+from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
+
+from zoprune import Budget, ComponentConfig, ImageTokens, InputError, hookimpl
+from zoprune_plugins.adapters.common import (ViewTokens, VisualInput, assign_to_prompts, drop_mask, encoder_outputs,
+                                             kept_per_input, placeholder_columns, shared_budgets, strip)
+from zoprune_plugins.adapters.llava import LlavaAdapter, drop_columns
+
+_VISION_KEYS = ("pixel_values", "image_sizes", "vision_feature_layer", "vision_feature_select_strategy")
+
+
+class LlavaNextAdapterConfig(ComponentConfig):
+    """How an image's budget is applied and what happens to newline tokens."""
+
+    budget_policy: Literal["global", "per_tile"] = Field(
+        default="global", description="'global': one budget over all of an image's tokens; 'per_tile': the budget "
+        "split evenly between the base view and each crop, selecting within each view")
+    newlines: Literal["keep", "drop"] = Field(
+        default="keep", description="'keep': newline tokens always stay and do not count against the budget; "
+        "'drop': they are removed")
+
+
+class LlavaNextAdapter(LlavaAdapter):
+    """LLaVA-NeXT layout: base view + AnyRes crops, unpadded, newline-terminated rows; several images per prompt."""
+
+    name = "llava_next"
+    Config = LlavaNextAdapterConfig
+    model_classes = ("LlavaNextForConditionalGeneration",)
+
+    def extract(self, inputs: dict[str, Any], projector: Callable[[torch.Tensor], torch.Tensor],
+                dtype: torch.dtype, extras: frozenset[str] = frozenset()) -> list[ImageTokens]:
+        input_ids = inputs.get("input_ids")
+        if input_ids is None:
+            raise InputError("pruning needs `input_ids` (the image placeholders mark where visual tokens go); "
+                             "inputs_embeds alone cannot be pruned")
+        counts = (input_ids == self.image_token_id).sum(dim=1)  # (B,)
+        pixel_values = inputs.get("pixel_values")
+        if pixel_values is None:
+            if int(counts.sum()):
+                raise InputError(f"the prompts hold {int(counts.sum())} image placeholder tokens "
+                                 f"(id {self.image_token_id}) but no `pixel_values` were given")
+            return []
+        image_sizes = inputs.get("image_sizes")
+        if image_sizes is None:
+            raise InputError("LLaVA-NeXT inputs need `image_sizes` next to `pixel_values` (the processor returns it)")
+        config = self.model.config
+        views = [image_size_to_num_patches(size, config.image_grid_pinpoints, config.vision_config.image_size)
+                 for size in image_sizes]  # base + crops, per image
+        if pixel_values.dim() == 5:  # (I, max views, C, H, W), zero-padded per image: as get_image_features does
+            pixel_values = torch.cat([pv[:v] for pv, v in zip(pixel_values, views)], dim=0)
+        flat_inputs = {**inputs, "pixel_values": pixel_values}
+        outputs = self.vision_outputs(flat_inputs)
+        features = self.vision_features(flat_inputs, outputs)  # (P, n, d_v), P = sum(views)
+        signals = {"cls_attention": self.cls_attention(flat_inputs, outputs).reshape(-1)} \
+            if "cls_attention" in extras else {}  # per view's [CLS], (P*n,)
+        projected = self.projector()(features)  # (P, n, d_l), the same call on the same tensor as the model's
+        n = features.shape[1]
+        strategy = inputs.get("vision_feature_select_strategy") or config.vision_feature_select_strategy
+        packed, _ = self._inner.pack_image_features(list(torch.split(projected, views)), image_sizes, strategy,
+                                                    image_newline=self._inner.image_newline)  # [(L_i, d_l)]
+        # the same packing applied to token indices says where each packed token came from (-1: newline)
+        index = torch.arange(features.shape[0] * n, device=features.device).view(-1, n, 1)
+        sources, _ = self._inner.pack_image_features(list(torch.split(index, views)), image_sizes, strategy,
+                                                     image_newline=torch.tensor([-1], device=features.device))
+        lengths = [p.shape[0] for p in packed]
+        owners = assign_to_prompts(counts, lengths, "image")
+        columns = placeholder_columns(input_ids, self.image_token_id, owners, lengths)
+        flat_features = features.reshape(-1, features.shape[-1])  # (P*n, d_v)
+        flat_features_scoring = flat_features.to(dtype)
+        same_dtype = projected.dtype == dtype
+        images: list[ImageTokens] = []
+        first_view = 0
+        image_in_prompt: dict[int, int] = {}
+        for i, (source_index, embeddings) in enumerate(zip(sources, packed)):
+            source_index = source_index.squeeze(-1)  # (L_i,)
+            newline = source_index < 0
+            visual = VisualInput(kind="image", index=i, sample=owners[i], columns=columns[i], embeddings=embeddings,
+                                 always=newline if self.config.newlines == "keep" else torch.zeros_like(newline))
+            view_of = torch.where(newline, -1, source_index // n - first_view)  # (L_i,): 0 base, c crop c, -1 newline
+            row_of = torch.cumsum(newline.long(), 0)  # (L_i,): row of the stitched grid (for crop tokens)
+            image = image_in_prompt.get(owners[i], 0)
+            image_in_prompt[owners[i]] = image + 1
+            groups = [~newline] if self.config.budget_policy == "global" or views[i] == 1 else \
+                [view_of == v for v in range(views[i])]
+            for v, members in enumerate(groups):
+                positions = members.nonzero().squeeze(-1)  # (N,) among the L_i
+                if positions.numel() == 0:  # a crop that covers only padding keeps no tokens at all
+                    continue
+                x = flat_features_scoring[source_index[positions]]
+                model_embeddings = embeddings[positions]
+                images.append(ViewTokens(
+                    features=x, embeddings=model_embeddings.to(dtype) if same_dtype else projector(x),
+                    model_embeddings=model_embeddings, projector=projector, sample=owners[i], image=image,
+                    grid=_grid(positions, view_of, row_of, n, len(groups) > 1 or views[i] == 1),
+                    view=v if len(groups) > 1 else 0, source=visual, packed=positions,
+                    extras={name: value[source_index[positions]] for name, value in signals.items()},
+                ))
+            first_view += views[i]
+        return images
+
+    def token_budgets(self, budget: Budget, images: list[ImageTokens]) -> list[int]:
+        return shared_budgets(budget, images, split=self.config.budget_policy == "per_tile")
+
+    def pruned_inputs(self, inputs: dict[str, Any], images: list[ImageTokens],
+                      kept: list[torch.Tensor]) -> dict[str, Any]:
+        per_input = kept_per_input(images, kept)
+        input_ids = inputs["input_ids"]
+        per_token = {key: value for key, value in inputs.items()
+                     if isinstance(value, torch.Tensor) and value.shape[:2] == input_ids.shape
+                     and key not in _VISION_KEYS}
+        pruned = strip(inputs, _VISION_KEYS)
+        pruned.update(drop_columns(per_token, drop_mask(input_ids, per_input), pad_id=self._pad_id()))
+        pruned["mm_encoder_outputs"] = encoder_outputs(per_input)
+        return pruned
+
+
+def _grid(positions: torch.Tensor, view_of: torch.Tensor, row_of: torch.Tensor, n: int,
+          single_view: bool) -> tuple[int, int] | None:
+    """(rows, cols) of one view's tokens when they form a full rectangle, else None (``global`` over several
+    views). The base view is the encoder's square grid; an unpadded crop is a rectangle of the stitched grid."""
+    if not single_view:
+        return None
+    count = positions.numel()
+    if int(view_of[positions[0]]) == 0:
+        side = math.isqrt(n)
+        return (side, side) if side * side == count else None
+    rows = int(torch.unique(row_of[positions]).numel())
+    return (rows, count // rows) if count % rows == 0 else None
+
+
+@hookimpl
+def register_adapters(register):
+    register(LlavaNextAdapter)

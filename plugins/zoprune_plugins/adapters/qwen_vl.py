@@ -1,0 +1,223 @@
+"""Qwen2-VL and Qwen2.5-VL (``Qwen2VLForConditionalGeneration``, ``Qwen2_5_VLForConditionalGeneration``): dynamic
+resolution, a patch merger as projector, multimodal rotary positions, images and videos.
+
+**Tokens.** The vision tower turns an image of (t, h, w) patches (``image_grid_thw``) into t*h*w patch features of
+width d_v; the merger (``model.model.visual.merger``) normalises each patch (``ln_q``), concatenates each 2x2 block
+and maps it through an MLP to one language-model token. So one visual token = one merged 2x2 block, and its
+projector input is the 4 grouped patch features before normalisation: ``ImageTokens.features`` is
+(N, 4*d_v) with N = t*h*w/4, and the projector handed to scorers, :class:`GroupedMerger`, maps (..., 4*d_v) ->
+(..., d_l) by applying ``ln_q`` per patch and then the MLP, exactly as the merger does. Tokens are in raster order
+(t, row, col) of the merged grid and ``grid`` is (rows, cols) of merged tokens (an image's t is 1). Qwen2.5-VL's
+tower returns its patch features in window order; they are put back in raster order here, as the model does with
+the merged output.
+
+**Positions.** Kept tokens keep the 3-D rotary positions they have in the unpruned sequence: the positions of the
+full prompt come from the model's own ``get_rope_index``, and the pruned call gets those of the kept columns as
+``position_ids`` (with the contiguous text row the model uses for its attention mask), next to the pruned
+``attention_mask``. ``generate`` continues every row from the last position + 1, exactly as it does unpruned, so
+the generated tokens sit where they would without pruning.
+
+**Budget.** The budget applies per image and per video. Videos have a policy (``adapter: {name: qwen2_vl,
+video_policy: per_video | per_frame}``): ``per_video`` (default) selects across all of a video's tokens at once
+(``grid`` = (t*rows, cols): the temporal slices stacked); ``per_frame`` emits one ImageTokens per temporal slice
+(each slice covers ``temporal_patch_size`` frames) and splits the video's budget evenly between them.
+``ImageTokens.image`` numbers a prompt's images and videos together, in order of appearance; ``view`` is the
+temporal slice under ``per_frame``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Literal
+
+import torch
+from pydantic import Field
+from transformers.vision_utils import get_vision_window_index
+
+from zoprune import Budget, ComponentConfig, ImageTokens, InputError, ModelAdapter, hookimpl
+from zoprune_plugins.adapters.common import (ViewTokens, VisualInput, assign_to_prompts, drop_mask, encoder_outputs,
+                                             kept_per_input, placeholder_columns, shared_budgets, strip)
+from zoprune_plugins.adapters.llava import drop_columns
+
+_VISION_KEYS = ("pixel_values", "pixel_values_videos", "image_grid_thw", "video_grid_thw", "second_per_grid_ts",
+                "position_ids", "rope_deltas")
+_KINDS = (("image", "pixel_values", "image_grid_thw"), ("video", "pixel_values_videos", "video_grid_thw"))
+
+
+class QwenVLAdapterConfig(ComponentConfig):
+    """How a video's budget is applied."""
+
+    video_policy: Literal["per_video", "per_frame"] = Field(
+        default="per_video", description="'per_video': one selection over all of a video's tokens; 'per_frame': "
+        "the video's budget split evenly between its temporal slices, selecting within each")
+
+
+class GroupedMerger(torch.nn.Module):
+    """The patch merger as a per-token projector: (..., 4*d_v) grouped patch features -> (..., d_l).
+
+    ``ln_q`` normalises each of the 4 patches on its own, as the merger does before it concatenates them.
+    """
+
+    def __init__(self, merger: torch.nn.Module):
+        super().__init__()
+        self.merger = merger
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        patches = x.reshape(*x.shape[:-1], -1, self.merger.ln_q.weight.shape[0])  # (..., 4, d_v)
+        return self.merger.mlp(self.merger.ln_q(patches).reshape(x.shape))
+
+
+class Qwen2VLAdapter(ModelAdapter):
+    """Qwen2-VL layout: one merged 2x2 block per token, any number of images and videos per prompt."""
+
+    name = "qwen2_vl"
+    Config = QwenVLAdapterConfig
+    model_classes = ("Qwen2VLForConditionalGeneration",)
+
+    def __init__(self, model: torch.nn.Module, config: ComponentConfig | None = None):
+        super().__init__(model, config)
+        self._grouped = GroupedMerger(self._inner.visual.merger)
+
+    @property
+    def _inner(self):
+        return self.model.model  # Qwen2VLModel: visual (with .merger), language_model
+
+    def projector(self) -> torch.nn.Module:
+        return self._grouped
+
+    def _token_ids(self) -> dict[str, int]:
+        return {"image": self.model.config.image_token_id, "video": self.model.config.video_token_id}
+
+    def raster_order(self, grid_thw: torch.Tensor) -> torch.Tensor | None:
+        """Permutation putting the tower's merged groups in raster order, (M,), or None when they already are."""
+        return None
+
+    def _tower(self, kind: str, pixels: torch.Tensor, grid_thw: torch.Tensor):
+        """(features (M, 4*d_v) in raster order, model embeddings split per input [(N_i, d_l)])."""
+        get = self._inner.get_image_features if kind == "image" else self._inner.get_video_features
+        outputs = get(pixels, grid_thw, return_dict=True)
+        hidden = outputs.last_hidden_state  # (sum t*h*w, d_v)
+        grouped = hidden.reshape(-1, self._inner.visual.spatial_merge_size ** 2 * hidden.shape[-1])
+        order = self.raster_order(grid_thw)
+        if order is not None:
+            grouped = grouped[order.to(grouped.device)]
+        return grouped, list(outputs.pooler_output)
+
+    def extract(self, inputs: dict[str, Any], projector: Callable[[torch.Tensor], torch.Tensor],
+                dtype: torch.dtype, extras: frozenset[str] = frozenset()) -> list[ImageTokens]:
+        input_ids = inputs.get("input_ids")
+        if input_ids is None:
+            raise InputError("pruning needs `input_ids` (the image placeholders mark where visual tokens go); "
+                             "inputs_embeds alone cannot be pruned")
+        merge = self._inner.visual.spatial_merge_size
+        found: list[tuple[int, int, ViewTokens]] = []  # (sample, first column, tokens)
+        for kind, pixel_key, grid_key in _KINDS:
+            token_id = self._token_ids()[kind]
+            counts = (input_ids == token_id).sum(dim=1)  # (B,)
+            pixels, grid_thw = inputs.get(pixel_key), inputs.get(grid_key)
+            if pixels is None or grid_thw is None:
+                if int(counts.sum()):
+                    raise InputError(f"the prompts hold {int(counts.sum())} {kind} placeholder tokens (id "
+                                     f"{token_id}) but no `{pixel_key}` and `{grid_key}` were given")
+                continue
+            features, embeddings = self._tower(kind, pixels, grid_thw)
+            lengths = [e.shape[0] for e in embeddings]
+            owners = assign_to_prompts(counts, lengths, kind)
+            columns = placeholder_columns(input_ids, token_id, owners, lengths)
+            scoring = features.to(dtype)
+            start = 0
+            for i, (model_embeddings, (t, h, w)) in enumerate(zip(embeddings, grid_thw.tolist())):
+                rows, cols = h // merge, w // merge
+                n = model_embeddings.shape[0]
+                visual = VisualInput(kind=kind, index=i, sample=owners[i], columns=columns[i],
+                                     embeddings=model_embeddings,
+                                     always=torch.zeros(n, dtype=torch.bool, device=model_embeddings.device))
+                x_all = scoring[start:start + n]
+                z_all = model_embeddings.to(dtype) if model_embeddings.dtype == dtype else projector(x_all)
+                start += n
+                slices = t if kind == "video" and self.config.video_policy == "per_frame" else 1
+                size = n // slices
+                for v in range(slices):
+                    part = slice(v * size, (v + 1) * size)
+                    tokens = ViewTokens(
+                        features=x_all[part], embeddings=z_all[part], model_embeddings=model_embeddings[part],
+                        projector=projector, sample=owners[i], image=0, grid=(size // cols, cols), view=v,
+                        source=visual, packed=torch.arange(v * size, (v + 1) * size, device=columns[i].device),
+                    )
+                    found.append((owners[i], int(columns[i][0]), tokens))
+        # number each prompt's images and videos together, in order of appearance
+        found.sort(key=lambda item: (item[0], item[1]))
+        images: list[ImageTokens] = []
+        counter: dict[int, int] = {}
+        previous: VisualInput | None = None
+        for sample, _, tokens in found:
+            if tokens.source is not previous:
+                counter[sample] = counter.get(sample, -1) + 1
+                previous = tokens.source
+            tokens.image = counter[sample]
+            images.append(tokens)
+        return images
+
+    def token_budgets(self, budget: Budget, images: list[ImageTokens]) -> list[int]:
+        return shared_budgets(budget, images, split=self.config.video_policy == "per_frame")
+
+    def rope_positions(self, inputs: dict[str, Any]) -> torch.Tensor:
+        """The 3-D rotary positions of the unpruned prompt, (3, B, L), from the model's own ``get_rope_index``."""
+        input_ids = inputs["input_ids"]
+        types = inputs.get("mm_token_type_ids")
+        if types is None:  # what the processor would have returned: 0 text, 1 image, 2 video
+            ids = self._token_ids()
+            types = (input_ids == ids["image"]).int() + 2 * (input_ids == ids["video"]).int()
+        extra = {"second_per_grid_ts": inputs["second_per_grid_ts"]} if inputs.get("second_per_grid_ts") is not None \
+            else {}
+        positions, _ = self._inner.get_rope_index(
+            input_ids, mm_token_type_ids=types, image_grid_thw=inputs.get("image_grid_thw"),
+            video_grid_thw=inputs.get("video_grid_thw"), attention_mask=inputs.get("attention_mask"), **extra)
+        return positions
+
+    def pruned_inputs(self, inputs: dict[str, Any], images: list[ImageTokens],
+                      kept: list[torch.Tensor]) -> dict[str, Any]:
+        input_ids = inputs["input_ids"]
+        mask = inputs.get("attention_mask")
+        if mask is None:  # positions with gaps and no mask would be read as packed sequences: always pass one
+            mask = torch.ones_like(input_ids)
+        per_input = kept_per_input(images, kept)
+        per_token = {"input_ids": input_ids, "attention_mask": mask,
+                     "rope": self.rope_positions(inputs).permute(1, 2, 0)}  # rope: (B, L, 3)
+        if inputs.get("mm_token_type_ids") is not None:
+            per_token["mm_token_type_ids"] = inputs["mm_token_type_ids"]
+        pruned = strip(inputs, _VISION_KEYS)
+        short = drop_columns(per_token, drop_mask(input_ids, per_input), pad_id=self._pad_id())
+        rope = short.pop("rope").permute(2, 0, 1)  # (3, B, L')
+        text = short["attention_mask"].long().cumsum(-1) - 1  # the text row generate builds, (B, L')
+        text = text.masked_fill(short["attention_mask"] == 0, 0)
+        pruned.update(short)
+        pruned["position_ids"] = torch.cat([text[None], rope], dim=0)  # (4, B, L')
+        pruned["mm_encoder_outputs"] = encoder_outputs(per_input)
+        return pruned
+
+    def _pad_id(self) -> int:
+        for source in (self.model.generation_config, self.model.config.text_config, self.model.config):
+            pad = getattr(source, "pad_token_id", None)
+            if isinstance(pad, int):
+                return pad
+        return 0
+
+
+class Qwen2_5_VLAdapter(Qwen2VLAdapter):
+    """Qwen2.5-VL: as Qwen2-VL, but the tower computes in window order (windowed attention) and returns its patch
+    features that way; the merged output is put back in raster order, and so are the features here."""
+
+    name = "qwen2_5_vl"
+    model_classes = ("Qwen2_5_VLForConditionalGeneration",)
+
+    def raster_order(self, grid_thw: torch.Tensor) -> torch.Tensor:
+        visual = self._inner.visual
+        window_index, _ = get_vision_window_index(grid_thw, spatial_merge_size=visual.spatial_merge_size,
+                                                  window_size=visual.window_size, patch_size=visual.patch_size)
+        return torch.argsort(window_index)
+
+
+@hookimpl
+def register_adapters(register):
+    register(Qwen2VLAdapter)
+    register(Qwen2_5_VLAdapter)

@@ -1,0 +1,97 @@
+"""What every model family shares: auto-detection of the adapter, the error for unsupported models, and every
+registered scorer and selector running on every family without knowing which one it is."""
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+import zoprune
+from zoprune.errors import ConfigError, UnsupportedModelError
+from tiny_families import llava_next_batch, qwen_batch, tiny_llava_next, tiny_qwen2_5_vl, tiny_qwen2_vl
+
+
+def _llava_next():
+    model = tiny_llava_next()
+    return model, llava_next_batch(model, [[7, 8, 9], [10]], [[(30, 20), (16, 16)], [(20, 30)]])
+
+
+def _qwen(build):
+    def make():
+        model = build()
+        return model, qwen_batch(model, [[7, 8, 9], [10]], [[("image", (1, 4, 6)), ("video", (2, 4, 4))],
+                                                           [("image", (1, 6, 4))]])
+    return make
+
+
+FAMILIES = {"llava_next": _llava_next, "qwen2_vl": _qwen(tiny_qwen2_vl), "qwen2_5_vl": _qwen(tiny_qwen2_5_vl)}
+
+
+@pytest.fixture(scope="module", params=list(FAMILIES))
+def family(request):
+    return (request.param, *FAMILIES[request.param]())
+
+
+def test_adapter_is_detected_from_the_model_class(family):
+    name, model, _ = family
+    assert zoprune.prune(model).adapter.name == name
+
+
+def test_an_adapter_for_another_family_is_refused(family):
+    name, model, _ = family
+    other = "qwen2_vl" if name != "qwen2_vl" else "llava_next"
+    with pytest.raises(UnsupportedModelError, match=type(model).__name__):
+        zoprune.prune(model, adapter=other)
+
+
+def test_text_only_model_names_the_supported_classes():
+    config = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1)
+    with pytest.raises(UnsupportedModelError) as error:
+        zoprune.prune(LlamaForCausalLM(config))
+    message = str(error.value)
+    assert "LlamaForCausalLM" in message
+    for cls in ("LlavaForConditionalGeneration", "LlavaNextForConditionalGeneration",
+                "Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration"):
+        assert cls in message
+
+
+@pytest.mark.parametrize("adapter", [{"name": "llava_next", "budget_policy": "per_crop"},
+                                     {"name": "llava_next", "newlines": "sometimes"},
+                                     {"name": "qwen2_vl", "video_policy": "per_second"}])
+def test_bad_adapter_options_are_config_errors(adapter):
+    key = next(k for k in adapter if k != "name")
+    with pytest.raises(ConfigError, match=f"adapter.{key}"):
+        zoprune.PipelineConfig(adapter=adapter)
+
+
+def _run(model, inputs, k, **config):
+    """select() with ``config``; returns the selections, or the ConfigError when the combination cannot work."""
+    try:
+        pruned = zoprune.prune(model, budget=k, **config)
+        return pruned.select(**inputs)
+    except ConfigError as error:
+        return error
+
+
+@pytest.mark.parametrize("scorer", zoprune.get_registry().names("scorer"))
+def test_every_scorer_runs_on_every_family(family, scorer):
+    """Each scorer either scores every token of every image (k kept per input) or says clearly why it cannot."""
+    name, model, inputs = family
+    result = _run(model, inputs, 3, scorer=scorer, selector="coverage")
+    if isinstance(result, ConfigError):  # e.g. [CLS] attention on Qwen (no [CLS]), Jacobian of a non-MLP merger
+        assert scorer in str(result)
+        adapter = zoprune.prune(model).adapter
+        cls = zoprune.get_registry().get("scorer", scorer).cls
+        assert not cls.requires <= adapter.provides or name.startswith("qwen")
+        return
+    assert result and all(s.kept.numel() == 3 and s.scores.shape == (s.num_tokens,) for s in result)
+    assert all(torch.isfinite(s.scores).all() for s in result)
+
+
+@pytest.mark.parametrize("selector", zoprune.get_registry().names("selector"))
+def test_every_selector_runs_on_every_family(family, selector):
+    name, model, inputs = family
+    result = _run(model, inputs, 3, selector=selector)
+    assert not isinstance(result, ConfigError), result
+    assert result and all(s.kept.numel() == 3 for s in result)
+    assert all(bool((s.kept[1:] > s.kept[:-1]).all()) and int(s.kept.max()) < s.num_tokens for s in result)
