@@ -25,3 +25,22 @@ def scoreless_selector():
     zoprune.get_registry().register_plugin(Plugin, "test_first_k")
     yield FirstK.name
     reload_registry()
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """A tiny LLaVA with its processor, saved so commands load it through from_pretrained as users do."""
+    from tiny_models import save_tiny_llava
+
+    return save_tiny_llava(tmp_path_factory.mktemp("tiny-llava"))
+
+
+@pytest.fixture(scope="session")
+def sample_image(tmp_path_factory):
+    """A 48x40 noise PNG."""
+    import numpy as np
+    from PIL import Image
+
+    path = tmp_path_factory.mktemp("img") / "picture.png"
+    Image.fromarray((np.random.default_rng(0).random((40, 48, 3)) * 255).astype("uint8")).save(path)
+    return path

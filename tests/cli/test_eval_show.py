@@ -9,14 +9,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from zoprune.cli import app
-from tiny_models import save_tiny_llava
 
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return save_tiny_llava(tmp_path_factory.mktemp("tiny-llava"))
 
 
 @pytest.fixture(scope="module")
@@ -36,9 +30,9 @@ def invoke(*args):
     return runner.invoke(app, [str(a) for a in args])
 
 
-def test_eval_writes_table_csv_json_and_plot(checkpoint, dataset, tmp_path):
+def test_eval_writes_table_csv_json_and_plot(tiny_checkpoint, dataset, tmp_path):
     out = tmp_path / "eval"
-    result = invoke("eval", "--model", checkpoint, "--data", dataset, "-m", "zoo-prune", "-m", "zo-topk",
+    result = invoke("eval", "--model", tiny_checkpoint, "--data", dataset, "-m", "zoo-prune", "-m", "zo-topk",
                     "-m", "contrast+stratified", "-b", 8, "-b", 4, "--out", out, "--batch-size", 4)
     assert result.exit_code == 0, result.output
     assert "95% interval" in result.output and "relative" in result.output
@@ -56,20 +50,18 @@ def test_eval_writes_table_csv_json_and_plot(checkpoint, dataset, tmp_path):
     assert (out / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_eval_errors(checkpoint, dataset, tmp_path):
-    result = invoke("eval", "--model", checkpoint, "--data", dataset, "-m", "no-such-method", "--no-plot")
+def test_eval_errors(tiny_checkpoint, dataset, tmp_path):
+    result = invoke("eval", "--model", tiny_checkpoint, "--data", dataset, "-m", "no-such-method", "--no-plot")
     assert result.exit_code == 2 and "unknown method 'no-such-method'" in result.output
-    result = invoke("eval", "--model", checkpoint, "-m", "zoo-prune", "--no-plot")
+    result = invoke("eval", "--model", tiny_checkpoint, "-m", "zoo-prune", "--no-plot")
     assert result.exit_code == 2 and "--data is required" in result.output
-    result = invoke("eval", "--model", checkpoint, "--data", dataset, "-m", "zoo-prune", "-b", 0, "--no-plot")
+    result = invoke("eval", "--model", tiny_checkpoint, "--data", dataset, "-m", "zoo-prune", "-b", 0, "--no-plot")
     assert result.exit_code == 2 and "at least 1" in result.output
 
 
-def test_show_writes_a_png_with_one_panel_per_method(checkpoint, tmp_path):
-    image = tmp_path / "x.png"
-    Image.fromarray((np.random.default_rng(1).random((40, 40, 3)) * 255).astype("uint8")).save(image)
+def test_show_writes_a_png_with_one_panel_per_method(tiny_checkpoint, sample_image, tmp_path):
     out = tmp_path / "kept.png"
-    result = invoke("show", "--model", checkpoint, "--image", image, "--prompt", "what colour is the circle ?",
+    result = invoke("show", "--model", tiny_checkpoint, "--image", sample_image, "--prompt", "what colour is the circle ?",
                     "-m", "zoo-prune", "-m", "zo-topk", "--keep", 5, "--out", out, "--max-new-tokens", 2)
     assert result.exit_code == 0, result.output
     assert result.output.count("kept 5 / 16") == 2

@@ -2,35 +2,20 @@
 
 import re
 
-import numpy as np
 import pytest
-from PIL import Image
 from typer.testing import CliRunner
 
 from zoprune.cli import app
-from tiny_models import save_tiny_llava
 
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return save_tiny_llava(tmp_path_factory.mktemp("tiny-llava"))
-
-
-@pytest.fixture(scope="module")
-def image(tmp_path_factory):
-    path = tmp_path_factory.mktemp("img") / "picture.png"
-    Image.fromarray((np.random.default_rng(0).random((40, 48, 3)) * 255).astype("uint8")).save(path)
-    return path
 
 
 def invoke(*args):
     return runner.invoke(app, [str(a) for a in args])
 
 
-def test_run_prints_answer_tokens_kept_and_time(checkpoint, image):
-    result = invoke("run", "--model", checkpoint, "--image", image, "--prompt", "what colour is the circle ?",
+def test_run_prints_answer_tokens_kept_and_time(tiny_checkpoint, sample_image):
+    result = invoke("run", "--model", tiny_checkpoint, "--image", sample_image, "--prompt", "what colour is the circle ?",
                     "--keep", 4, "--max-new-tokens", 3, "--compare")
     assert result.exit_code == 0, result.output
     assert "answer:" in result.output
@@ -39,10 +24,10 @@ def test_run_prints_answer_tokens_kept_and_time(checkpoint, image):
     assert "unpruned answer:" in result.output
 
 
-def test_run_with_config_file(checkpoint, image, tmp_path):
+def test_run_with_config_file(tiny_checkpoint, sample_image, tmp_path):
     config = tmp_path / "pipeline.toml"
     config.write_text('selector = "topk"\n[budget]\nratio = 0.5\n[scorer]\nname = "zo_sensitivity"\ndirections = 4\n')
-    result = invoke("run", "--model", checkpoint, "--image", image, "--prompt", "describe", "--config", config,
+    result = invoke("run", "--model", tiny_checkpoint, "--image", sample_image, "--prompt", "describe", "--config", config,
                     "--max-new-tokens", 2)
     assert result.exit_code == 0, result.output
     assert "visual tokens kept: 8 / 16" in result.output and "selector=topk" in result.output
@@ -54,23 +39,23 @@ def test_run_with_config_file(checkpoint, image, tmp_path):
     (["--keep", 3, "--ratio", 0.5], "not both"),
     (["--config", "missing.yaml"], "config file not found"),
 ])
-def test_run_bad_input_is_one_clear_line(checkpoint, image, args, message):
-    result = invoke("run", "--model", checkpoint, "--image", image, "--prompt", "hi", *args)
+def test_run_bad_input_is_one_clear_line(tiny_checkpoint, sample_image, args, message):
+    result = invoke("run", "--model", tiny_checkpoint, "--image", sample_image, "--prompt", "hi", *args)
     assert result.exit_code == 2
     assert message in result.output and "Traceback" not in result.output
 
 
-def test_run_missing_image_and_model(checkpoint, image, tmp_path):
-    result = invoke("run", "--model", checkpoint, "--image", tmp_path / "nope.png", "--prompt", "hi")
+def test_run_missing_image_and_model(tiny_checkpoint, sample_image, tmp_path):
+    result = invoke("run", "--model", tiny_checkpoint, "--image", tmp_path / "nope.png", "--prompt", "hi")
     assert result.exit_code == 2 and "image not found" in result.output
     not_an_image = tmp_path / "text.png"
     not_an_image.write_text("hello")
-    result = invoke("run", "--model", checkpoint, "--image", not_an_image, "--prompt", "hi")
+    result = invoke("run", "--model", tiny_checkpoint, "--image", not_an_image, "--prompt", "hi")
     assert result.exit_code == 2 and "not an image" in result.output
-    result = invoke("run", "--model", tmp_path / "no-model", "--image", image, "--prompt", "hi")
+    result = invoke("run", "--model", tmp_path / "no-model", "--image", sample_image, "--prompt", "hi")
     assert result.exit_code == 2 and "model directory not found" in result.output
     (tmp_path / "empty").mkdir()
-    result = invoke("run", "--model", tmp_path / "empty", "--image", image, "--prompt", "hi")
+    result = invoke("run", "--model", tmp_path / "empty", "--image", sample_image, "--prompt", "hi")
     assert result.exit_code == 2 and "could not load model" in result.output
 
 

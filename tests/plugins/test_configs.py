@@ -4,15 +4,13 @@
 import re
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 from typer.testing import CliRunner
 
 import zoprune
 from zoprune.cli import app
-from tiny_models import llava_batch, save_tiny_llava, tiny_llava
+from tiny_models import llava_batch, tiny_llava
 
 CONFIGS = sorted((Path(__file__).parents[2] / "configs").glob("*.yaml"))
 BUDGET = 4  # the tiny LLaVA has 16 tokens per image, fewer than the configs' 64: prune to 4 so selection runs
@@ -41,21 +39,9 @@ def test_config_loads_and_generates(path, model):
     assert [s.kept.numel() for s in pruned.last_selection] == [BUDGET] * 3
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return save_tiny_llava(tmp_path_factory.mktemp("tiny-llava"))
-
-
-@pytest.fixture(scope="module")
-def image(tmp_path_factory):
-    path = tmp_path_factory.mktemp("img") / "picture.png"
-    Image.fromarray((np.random.default_rng(0).random((40, 48, 3)) * 255).astype("uint8")).save(path)
-    return path
-
-
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
-def test_config_runs_through_the_cli(path, checkpoint, image):
-    result = CliRunner().invoke(app, ["run", "--model", str(checkpoint), "--image", str(image), "--prompt",
+def test_config_runs_through_the_cli(path, tiny_checkpoint, sample_image):
+    result = CliRunner().invoke(app, ["run", "--model", str(tiny_checkpoint), "--image", str(sample_image), "--prompt",
                                       "what colour is the circle ?", "--config", str(path), "--keep", "3",
                                       "--max-new-tokens", "2"])
     assert result.exit_code == 0, result.output
