@@ -7,6 +7,7 @@ from typing import Callable
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from zoprune.errors import ZopruneError
 
@@ -24,7 +25,8 @@ def friendly_errors(command: Callable) -> Callable:
         try:
             return command(*args, **kwargs)
         except ZopruneError as error:
-            err_console.print(f"[bold red]error:[/] {error}", highlight=False, markup=True, soft_wrap=True)
+            # the message is plain text: brackets in it (``zoprune[plot]``) are not markup
+            err_console.print(Text("error: ", style="bold red") + Text(str(error)), highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper

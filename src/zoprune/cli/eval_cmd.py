@@ -42,7 +42,7 @@ def eval_command(
         raise ZopruneError(f"budgets must be at least 1 token, got {sorted(budgets)}")
     methods = dict(resolve_method(m) for m in (method or available_methods()))
     if plot:
-        _require_matplotlib()
+        require_matplotlib()
     with console.status("loading model and data"):
         hf_model, processor = load_model(model)
         if data is not None:
@@ -76,7 +76,7 @@ def eval_command(
     console.print("wrote " + ", ".join(str(p) for p in written), highlight=False)
 
 
-def _require_matplotlib() -> None:
+def require_matplotlib() -> None:
     try:
         import matplotlib  # noqa: F401
     except ImportError:

@@ -31,6 +31,9 @@ def show(
     """Write a PNG of IMAGE with the kept patches highlighted, one panel per method, with each method's answer."""
     import zoprune
 
+    from zoprune.cli.eval_cmd import require_matplotlib
+
+    require_matplotlib()
     names = list(method or []) + [str(c) for c in (config or [])]
     if not names:
         names = [m for m in DEFAULT_SHOW if m in available_methods()]
