@@ -15,12 +15,14 @@ WORDS = ["<pad>", "<s>", "</s>", "<image>", "USER:", "ASSISTANT:", "what", "colo
 
 
 def tiny_llava(seed: int = 0, image_size: int = 32, patch_size: int = 8, dtype: torch.dtype = torch.float32,
-               attn_implementation: str = "eager", vocab_size: int = 64) -> LlavaForConditionalGeneration:
-    """A 2-layer CLIP + 2-layer Llama LLaVA with (image_size / patch_size)^2 visual tokens per image."""
+               attn_implementation: str = "eager", vocab_size: int = 64,
+               text_layers: int = 3) -> LlavaForConditionalGeneration:
+    """A 3-layer CLIP + ``text_layers``-layer Llama LLaVA with (image_size / patch_size)^2 visual tokens per image
+    (3 text layers by default, so FastV's default K = 2 leaves a layer that sees only the kept tokens)."""
     torch.manual_seed(seed)
     vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
                               image_size=image_size, patch_size=patch_size, projection_dim=32)
-    text = LlamaConfig(vocab_size=vocab_size, hidden_size=48, intermediate_size=96, num_hidden_layers=2,
+    text = LlamaConfig(vocab_size=vocab_size, hidden_size=48, intermediate_size=96, num_hidden_layers=text_layers,
                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
                        pad_token_id=PAD_ID, bos_token_id=1, eos_token_id=2)
     config = LlavaConfig(vision_config=vision, text_config=text, image_token_id=IMAGE_TOKEN_ID,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, ContextManager, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -78,6 +78,16 @@ class Selector(ABC):
     Config: ClassVar[type[ComponentConfig]] = NoParameters
     #: whether ``select`` needs scores (a pipeline with such a selector and no scorer is a config error)
     needs_scores: ClassVar[bool] = True
+    #: where the selection runs. "pre_llm": on the vision tokens, before the language model sees them (the
+    #: adapter's ``extract`` / ``pruned_inputs``). "in_llm": inside the language model, after its first layers ran
+    #: on every token (the adapter's ``inside_llm``; such a selector must say which layer, see ``llm_layer``).
+    stage: ClassVar[Literal["pre_llm", "in_llm"]] = "pre_llm"
+
+    @property
+    def llm_layer(self) -> int:
+        """For "in_llm" selectors: K, the first decoder layer that sees only the kept tokens (layers 0..K-1 see
+        every token, and ``select`` runs on what enters layer K-1)."""
+        raise NotImplementedError(f"selector {self.name!r} does not select inside the language model")
 
     def __init__(self, config: ComponentConfig | None = None):
         self.config = config if config is not None else self.Config()
@@ -134,6 +144,24 @@ class ModelAdapter(ABC):
         lie in ``[1, N]`` of its entry.
         """
         return [budget.tokens_for(tokens.num_tokens) for tokens in images]
+
+    def inside_llm(
+        self, inputs: dict[str, Any], layer: int, select: Callable[[list[ImageTokens]], list[torch.Tensor]],
+        dtype: torch.dtype,
+    ) -> ContextManager[Any]:
+        """A context in which the model, called on the unpruned ``inputs`` (forward or ``generate``), runs decoder
+        layers ``0..layer-1`` on every token and the later layers on the kept visual tokens only.
+
+        In the prefill the adapter calls ``select(images)`` once, with one :class:`ImageTokens` per image as the
+        tokens enter layer ``layer - 1`` (features = embeddings = those hidden states in ``dtype``; ``extras`` hold
+        what the adapter documents, e.g. ``llm_attention``), and gets the sorted kept indices of each. Kept tokens
+        keep their original positions; with every token kept, outputs equal the unpruned model's (up to rounding).
+        Adapters that cannot do this keep this default, which raises.
+        """
+        from zoprune.errors import UnsupportedModelError
+
+        raise UnsupportedModelError(f"adapter {self.name!r} cannot prune inside the language model; use a "
+                                    f"selector that prunes before it, or an adapter that implements inside_llm")
 
     @abstractmethod
     def pruned_inputs(

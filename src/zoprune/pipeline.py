@@ -65,9 +65,24 @@ class PrunedModel:
     @torch.no_grad()
     def select(self, **inputs: Any) -> list[Selection]:
         """Score and select the visual tokens of every image in ``inputs`` without running the language model."""
+        if self.selector.stage == "in_llm":  # the selection needs the language model's first layers
+            self(**inputs)
+            return self.last_selection
         images = self._extract(inputs)
         self.last_selection = self._select(images)
         return self.last_selection
+
+    def _inside_llm(self, inputs: dict[str, Any]) -> Any:
+        """The adapter's context that selects inside the language model (for an "in_llm" selector); it fills
+        ``last_selection`` when the language model's prefill reaches the selector's layer."""
+        self.last_selection = []
+
+        def select(images: list[ImageTokens]) -> list[torch.Tensor]:
+            self.last_selection = self._select(images)
+            return [s.kept for s in self.last_selection]
+
+        dtype = self.config.torch_dtype(next(self.model.parameters()).dtype)
+        return self.adapter.inside_llm(inputs, self.selector.llm_layer, select, dtype)
 
     def _extract(self, inputs: dict[str, Any]) -> list[ImageTokens]:
         dtype = self.config.torch_dtype(next(self.adapter.projector().parameters()).dtype)
@@ -99,7 +114,13 @@ class PrunedModel:
 
     @torch.no_grad()
     def prepare(self, **inputs: Any) -> dict[str, Any]:
-        """The model keyword arguments with only the kept visual tokens (what ``generate`` and ``__call__`` use)."""
+        """The model keyword arguments with only the kept visual tokens (what ``generate`` and ``__call__`` use).
+
+        With a selector that prunes inside the language model ("in_llm") the inputs stay whole: the pruning happens
+        while ``generate`` / ``__call__`` run the model.
+        """
+        if self.selector.stage == "in_llm":
+            return dict(inputs)
         images = self._extract(inputs)
         if not images:  # text-only inputs: nothing to prune
             self.last_selection = []
@@ -110,6 +131,9 @@ class PrunedModel:
 
     def __call__(self, **inputs: Any) -> Any:
         """The model's forward pass on the pruned inputs (logits cover the pruned sequence)."""
+        if self.selector.stage == "in_llm":
+            with torch.no_grad(), self._inside_llm(inputs):
+                return self.model(**inputs)
         return self.model(**self.prepare(**inputs))
 
     def forward(self, **inputs: Any) -> Any:
@@ -122,6 +146,9 @@ class PrunedModel:
         The returned sequences start with the caller's own ``input_ids`` (not the shorter pruned prompt), so
         ``output[:, inputs["input_ids"].shape[1]:]`` is the generated text, as with the unpruned model.
         """
+        if self.selector.stage == "in_llm":
+            with self._inside_llm(kwargs):
+                return self.model.generate(**kwargs)
         pruned = self.prepare(**kwargs)
         output = self.model.generate(**pruned)
         original, short = kwargs.get("input_ids"), pruned.get("input_ids")
@@ -168,6 +195,9 @@ def prune(model: torch.nn.Module, config: PipelineConfig | dict | str | Path | N
     if scorer is not None and not scorer.requires <= adapter.provides:
         missing = ", ".join(sorted(scorer.requires - adapter.provides))
         raise ConfigError(f"scorer {scorer.name!r} needs {missing}, which adapter {adapter.name!r} cannot provide")
+    if selector_cls.stage == "in_llm" and scorer is not None:
+        raise ConfigError(f"selector {selector_cls.name!r} ranks tokens inside the language model by its own "
+                          f"signal; set `scorer: null` (it has {scorer.name!r})")
     return PrunedModel(model, config, adapter, scorer, selector_cls(selector_config))
 
 

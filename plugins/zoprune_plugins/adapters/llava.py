@@ -7,6 +7,7 @@ mask are untouched, so with every token kept the model computes exactly what it 
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any, Callable
 
@@ -14,6 +15,7 @@ import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from zoprune import ImageTokens, InputError, ModelAdapter, hookimpl
+from zoprune_plugins.adapters.llm_pruning import ImageColumns, InsideLLM
 from zoprune_plugins.adapters.vision_attention import cls_attention, encoder_layers
 
 
@@ -139,12 +141,44 @@ class LlavaAdapter(ModelAdapter):
             pooler_output=[t.model_embeddings[k] for t, k in zip(images, kept)])}
         return pruned
 
+    def inside_llm(self, inputs: dict[str, Any], layer: int,
+                   select: Callable[[list[ImageTokens]], list[torch.Tensor]], dtype: torch.dtype) -> Any:
+        """FastV's hook point on the Llama / Qwen2 language model (see ``llm_pruning.InsideLLM``). The tokens
+        passed to ``select`` carry ``extras["llm_attention"]`` (attention of the prompt's last token in layer
+        ``layer - 1``, mean over heads) and ``extras["llm_attention_text"]`` (the same, averaged over the prompt's
+        text tokens)."""
+        if type(self.model).__name__ not in LlavaAdapter.model_classes:  # subclasses (LLaVA-NeXT): other layouts
+            return super().inside_llm(inputs, layer, select, dtype)
+        input_ids = inputs.get("input_ids")
+        if input_ids is None:
+            raise InputError("pruning needs `input_ids` (the image placeholders mark where visual tokens go)")
+        placeholders = (input_ids == self.image_token_id).sum(dim=1)
+        n = tokens_per_image(self.model, self._feature_layers(inputs)[1])
+        num_images = int(inputs["pixel_values"].shape[0]) if inputs.get("pixel_values") is not None else 0
+        if num_images == 0 and int(placeholders.sum()):
+            raise InputError(f"the prompts hold {int(placeholders.sum())} image placeholder tokens "
+                             f"(id {self.image_token_id}) but no `pixel_values` were given")
+        images = [ImageColumns(sample, image, image_positions(input_ids[sample], self.image_token_id, n, image))
+                  for sample, count in enumerate(self._images_per_sample(placeholders, n, num_images))
+                  for image in range(count)]
+        if not images:  # text only: nothing to prune
+            return contextlib.nullcontext()
+        language_model = self._inner.language_model
+        return InsideLLM(language_model.layers, layer, images, inputs.get("attention_mask"), input_ids.shape[1],
+                         input_ids.shape[0], select, dtype, language_model.config._attn_implementation)
+
     def _pad_id(self) -> int:
         for source in (self.model.generation_config, self.model.config.text_config, self.model.config):
             pad = getattr(source, "pad_token_id", None)
             if isinstance(pad, int):
                 return pad
         return 0
+
+
+def tokens_per_image(model: torch.nn.Module, strategy: str) -> int:
+    """N of a LLaVA-1.5 model: patches per image, plus [CLS] with the "full" feature strategy."""
+    vision = model.config.vision_config
+    return (vision.image_size // vision.patch_size) ** 2 + (1 if strategy == "full" else 0)
 
 
 def image_positions(row: torch.Tensor, image_token_id: int, n: int, image: int) -> torch.Tensor:
