@@ -143,3 +143,52 @@ def placeholder_columns(input_ids: torch.Tensor, token_id: int, owners: list[int
 def strip(inputs: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
     """``inputs`` without ``keys`` (the vision inputs the pruned call must not repeat)."""
     return {key: value for key, value in inputs.items() if key not in keys}
+
+
+def require_input_ids(inputs: dict[str, Any]) -> torch.Tensor:
+    """``inputs["input_ids"]`` (B, L): the placeholders in it mark where the visual tokens go."""
+    input_ids = inputs.get("input_ids")
+    if input_ids is None:
+        raise InputError("pruning needs `input_ids` (the image placeholders mark where visual tokens go); "
+                         "inputs_embeds alone cannot be pruned")
+    return input_ids
+
+
+def pad_token_id(model: torch.nn.Module) -> int:
+    """The id to pad prompts with (masked out anyway, so any id works when the model names none)."""
+    for source in (model.generation_config, getattr(model.config, "text_config", None), model.config):
+        pad = getattr(source, "pad_token_id", None)
+        if isinstance(pad, int):
+            return pad
+    return 0
+
+
+def drop_columns(inputs: dict[str, Any], drop: torch.Tensor, pad_id: int) -> dict[str, Any]:
+    """Remove the ``drop`` (B, L) positions from every per-token tensor of ``inputs`` and re-pad the rows to one
+    length, on the side the batch is padded (left when unsure, as generation wants).
+
+    Each row keeps its unpadded tokens; the width is the longest row plus the padding every row shared, so with
+    nothing dropped the inputs come back exactly as they were.
+    """
+    input_ids = inputs["input_ids"]
+    batch, length = input_ids.shape
+    mask = inputs.get("attention_mask")
+    if mask is None:
+        mask = torch.ones_like(input_ids)
+    left = bool((mask[:, 0] == 0).any()) or not bool((mask[:, -1] == 0).any())
+    real = mask.bool() & ~drop  # (B, L): tokens that stay
+    padding = int((mask == 0).sum(dim=1).min())
+    width = int(real.sum(dim=1).max()) + padding
+    per_token = {key: value for key, value in inputs.items()
+                 if isinstance(value, torch.Tensor) and value.shape[:2] == (batch, length)}
+    per_token["attention_mask"] = mask
+    out = {}
+    for key, value in per_token.items():
+        fill = pad_id if key == "input_ids" else 0
+        rows = []
+        for b in range(batch):
+            row = value[b][real[b]]
+            pad = row.new_full((width - row.shape[0], *row.shape[1:]), fill)
+            rows.append(torch.cat([pad, row] if left else [row, pad]))
+        out[key] = torch.stack(rows)
+    return out

@@ -15,6 +15,7 @@ import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from zoprune import ImageTokens, InputError, ModelAdapter, hookimpl
+from zoprune_plugins.adapters.common import drop_columns, pad_token_id, require_input_ids
 from zoprune_plugins.adapters.llm_pruning import ImageColumns, InsideLLM
 from zoprune_plugins.adapters.vision_attention import cls_attention, encoder_layers
 
@@ -77,11 +78,8 @@ class LlavaAdapter(ModelAdapter):
 
     def extract(self, inputs: dict[str, Any], projector: Callable[[torch.Tensor], torch.Tensor],
                 dtype: torch.dtype, extras: frozenset[str] = frozenset()) -> list[ImageTokens]:
-        input_ids = inputs.get("input_ids")
+        input_ids = require_input_ids(inputs)
         pixel_values = inputs.get("pixel_values")
-        if input_ids is None:
-            raise InputError("pruning needs `input_ids` (the image placeholders mark where visual tokens go); "
-                             "inputs_embeds alone cannot be pruned")
         placeholders = (input_ids == self.image_token_id).sum(dim=1)  # (B,)
         if pixel_values is None:
             if int(placeholders.sum()):
@@ -136,7 +134,7 @@ class LlavaAdapter(ModelAdapter):
         pruned = {key: value for key, value in inputs.items()
                   if key not in ("pixel_values", "image_sizes", "vision_feature_layer",
                                  "vision_feature_select_strategy")}
-        pruned.update(drop_columns(inputs, drop, pad_id=self._pad_id()))
+        pruned.update(drop_columns(inputs, drop, pad_id=pad_token_id(self.model)))
         pruned["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(
             pooler_output=[t.model_embeddings[k] for t, k in zip(images, kept)])}
         return pruned
@@ -149,9 +147,7 @@ class LlavaAdapter(ModelAdapter):
         text tokens)."""
         if type(self.model).__name__ not in LlavaAdapter.model_classes:  # subclasses (LLaVA-NeXT): other layouts
             return super().inside_llm(inputs, layer, select, dtype)
-        input_ids = inputs.get("input_ids")
-        if input_ids is None:
-            raise InputError("pruning needs `input_ids` (the image placeholders mark where visual tokens go)")
+        input_ids = require_input_ids(inputs)
         placeholders = (input_ids == self.image_token_id).sum(dim=1)
         n = tokens_per_image(self.model, self._feature_layers(inputs)[1])
         num_images = int(inputs["pixel_values"].shape[0]) if inputs.get("pixel_values") is not None else 0
@@ -167,13 +163,6 @@ class LlavaAdapter(ModelAdapter):
         return InsideLLM(language_model.layers, layer, images, inputs.get("attention_mask"), input_ids.shape[1],
                          input_ids.shape[0], select, dtype, language_model.config._attn_implementation)
 
-    def _pad_id(self) -> int:
-        for source in (self.model.generation_config, self.model.config.text_config, self.model.config):
-            pad = getattr(source, "pad_token_id", None)
-            if isinstance(pad, int):
-                return pad
-        return 0
-
 
 def tokens_per_image(model: torch.nn.Module, strategy: str) -> int:
     """N of a LLaVA-1.5 model: patches per image, plus [CLS] with the "full" feature strategy."""
@@ -184,37 +173,6 @@ def tokens_per_image(model: torch.nn.Module, strategy: str) -> int:
 def image_positions(row: torch.Tensor, image_token_id: int, n: int, image: int) -> torch.Tensor:
     """Positions in one prompt of the ``image``-th image's N placeholders, (N,)."""
     return (row == image_token_id).nonzero().squeeze(-1)[image * n:(image + 1) * n]
-
-
-def drop_columns(inputs: dict[str, Any], drop: torch.Tensor, pad_id: int) -> dict[str, Any]:
-    """Remove the ``drop`` (B, L) positions from every per-token tensor of ``inputs`` and re-pad the rows to one
-    length, on the side the batch is padded (left when unsure, as generation wants).
-
-    Each row keeps its unpadded tokens; the width is the longest row plus the padding every row shared, so with
-    nothing dropped the inputs come back exactly as they were.
-    """
-    input_ids = inputs["input_ids"]
-    batch, length = input_ids.shape
-    mask = inputs.get("attention_mask")
-    if mask is None:
-        mask = torch.ones_like(input_ids)
-    left = bool((mask[:, 0] == 0).any()) or not bool((mask[:, -1] == 0).any())
-    real = mask.bool() & ~drop  # (B, L): tokens that stay
-    padding = int((mask == 0).sum(dim=1).min())
-    width = int(real.sum(dim=1).max()) + padding
-    per_token = {key: value for key, value in inputs.items()
-                 if isinstance(value, torch.Tensor) and value.shape[:2] == (batch, length)}
-    per_token["attention_mask"] = mask
-    out = {}
-    for key, value in per_token.items():
-        fill = pad_id if key == "input_ids" else 0
-        rows = []
-        for b in range(batch):
-            row = value[b][real[b]]
-            pad = row.new_full((width - row.shape[0], *row.shape[1:]), fill)
-            rows.append(torch.cat([pad, row] if left else [row, pad]))
-        out[key] = torch.stack(rows)
-    return out
 
 
 @hookimpl

@@ -30,9 +30,10 @@ from pydantic import Field
 from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
 
 from zoprune import Budget, ComponentConfig, ImageTokens, InputError, hookimpl
-from zoprune_plugins.adapters.common import (ViewTokens, VisualInput, assign_to_prompts, drop_mask, encoder_outputs,
-                                             kept_per_input, placeholder_columns, shared_budgets, strip)
-from zoprune_plugins.adapters.llava import LlavaAdapter, drop_columns
+from zoprune_plugins.adapters.common import (ViewTokens, VisualInput, assign_to_prompts, drop_columns, drop_mask,
+                                             encoder_outputs, kept_per_input, pad_token_id, placeholder_columns,
+                                             require_input_ids, shared_budgets, strip)
+from zoprune_plugins.adapters.llava import LlavaAdapter
 
 _VISION_KEYS = ("pixel_values", "image_sizes", "vision_feature_layer", "vision_feature_select_strategy")
 
@@ -57,10 +58,7 @@ class LlavaNextAdapter(LlavaAdapter):
 
     def extract(self, inputs: dict[str, Any], projector: Callable[[torch.Tensor], torch.Tensor],
                 dtype: torch.dtype, extras: frozenset[str] = frozenset()) -> list[ImageTokens]:
-        input_ids = inputs.get("input_ids")
-        if input_ids is None:
-            raise InputError("pruning needs `input_ids` (the image placeholders mark where visual tokens go); "
-                             "inputs_embeds alone cannot be pruned")
+        input_ids = require_input_ids(inputs)
         counts = (input_ids == self.image_token_id).sum(dim=1)  # (B,)
         pixel_values = inputs.get("pixel_values")
         if pixel_values is None:
@@ -137,7 +135,7 @@ class LlavaNextAdapter(LlavaAdapter):
                      if isinstance(value, torch.Tensor) and value.shape[:2] == input_ids.shape
                      and key not in _VISION_KEYS}
         pruned = strip(inputs, _VISION_KEYS)
-        pruned.update(drop_columns(per_token, drop_mask(input_ids, per_input), pad_id=self._pad_id()))
+        pruned.update(drop_columns(per_token, drop_mask(input_ids, per_input), pad_id=pad_token_id(self.model)))
         pruned["mm_encoder_outputs"] = encoder_outputs(per_input)
         return pruned
 

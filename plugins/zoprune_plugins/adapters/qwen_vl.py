@@ -34,9 +34,9 @@ from pydantic import Field
 from transformers.vision_utils import get_vision_window_index
 
 from zoprune import Budget, ComponentConfig, ImageTokens, InputError, ModelAdapter, hookimpl
-from zoprune_plugins.adapters.common import (ViewTokens, VisualInput, assign_to_prompts, drop_mask, encoder_outputs,
-                                             kept_per_input, placeholder_columns, shared_budgets, strip)
-from zoprune_plugins.adapters.llava import drop_columns
+from zoprune_plugins.adapters.common import (ViewTokens, VisualInput, assign_to_prompts, drop_columns, drop_mask,
+                                             encoder_outputs, kept_per_input, pad_token_id, placeholder_columns,
+                                             require_input_ids, shared_budgets, strip)
 
 _VISION_KEYS = ("pixel_values", "pixel_values_videos", "image_grid_thw", "video_grid_thw", "second_per_grid_ts",
                 "position_ids", "rope_deltas")
@@ -104,10 +104,7 @@ class Qwen2VLAdapter(ModelAdapter):
 
     def extract(self, inputs: dict[str, Any], projector: Callable[[torch.Tensor], torch.Tensor],
                 dtype: torch.dtype, extras: frozenset[str] = frozenset()) -> list[ImageTokens]:
-        input_ids = inputs.get("input_ids")
-        if input_ids is None:
-            raise InputError("pruning needs `input_ids` (the image placeholders mark where visual tokens go); "
-                             "inputs_embeds alone cannot be pruned")
+        input_ids = require_input_ids(inputs)
         merge = self._inner.visual.spatial_merge_size
         found: list[tuple[int, int, ViewTokens]] = []  # (sample, first column, tokens)
         for kind, pixel_key, grid_key in _KINDS:
@@ -126,7 +123,7 @@ class Qwen2VLAdapter(ModelAdapter):
             scoring = features.to(dtype)
             start = 0
             for i, (model_embeddings, (t, h, w)) in enumerate(zip(embeddings, grid_thw.tolist())):
-                rows, cols = h // merge, w // merge
+                cols = w // merge
                 n = model_embeddings.shape[0]
                 visual = VisualInput(kind=kind, index=i, sample=owners[i], columns=columns[i],
                                      embeddings=model_embeddings,
@@ -186,7 +183,7 @@ class Qwen2VLAdapter(ModelAdapter):
         if inputs.get("mm_token_type_ids") is not None:
             per_token["mm_token_type_ids"] = inputs["mm_token_type_ids"]
         pruned = strip(inputs, _VISION_KEYS)
-        short = drop_columns(per_token, drop_mask(input_ids, per_input), pad_id=self._pad_id())
+        short = drop_columns(per_token, drop_mask(input_ids, per_input), pad_id=pad_token_id(self.model))
         rope = short.pop("rope").permute(2, 0, 1)  # (3, B, L')
         text = short["attention_mask"].long().cumsum(-1) - 1  # the text row generate builds, (B, L')
         text = text.masked_fill(short["attention_mask"] == 0, 0)
@@ -194,13 +191,6 @@ class Qwen2VLAdapter(ModelAdapter):
         pruned["position_ids"] = torch.cat([text[None], rope], dim=0)  # (4, B, L')
         pruned["mm_encoder_outputs"] = encoder_outputs(per_input)
         return pruned
-
-    def _pad_id(self) -> int:
-        for source in (self.model.generation_config, self.model.config.text_config, self.model.config):
-            pad = getattr(source, "pad_token_id", None)
-            if isinstance(pad, int):
-                return pad
-        return 0
 
 
 class Qwen2_5_VLAdapter(Qwen2VLAdapter):
