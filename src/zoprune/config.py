@@ -40,6 +40,7 @@ class ComponentSpec(BaseModel):
 
     @property
     def params(self) -> dict[str, Any]:
+        """The parameters: every key but ``name``, not yet validated (the component's ``Config`` does that)."""
         return dict(self.model_extra or {})
 
 
@@ -130,6 +131,7 @@ class PipelineConfig(BaseModel):
         return get_registry().get(kind, spec.name).cls, component_config(kind, spec)
 
     def torch_dtype(self, model_dtype: torch.dtype) -> torch.dtype:
+        """The torch dtype of the scoring: ``scoring_dtype``, or ``model_dtype`` when it is ``"model"``."""
         return model_dtype if self.scoring_dtype == "model" else getattr(torch, self.scoring_dtype)
 
     def to_dict(self) -> dict[str, Any]:
@@ -223,6 +225,8 @@ def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
 
 
 def read_config_file(path: str | Path) -> Any:
+    """The raw contents of a .yaml/.yml, .toml or .json file (not validated); a ConfigError names the file when it
+    is missing, unreadable or of an unknown format."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")

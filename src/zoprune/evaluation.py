@@ -124,6 +124,8 @@ def answer_all(model: Any, processor: Any, examples: Sequence[Example], prompt: 
 
 def score(method: str, budget: int | None, examples: Sequence[Example], answers: Sequence[str],
           kept: Sequence[int], total: Sequence[int]) -> Result:
+    """The :class:`Result` of one run: exact-match accuracy with its Wilson interval, per kind too; ``kept`` and
+    ``total`` are the visual tokens kept and present per image."""
     hits = [normalize(a) == normalize(e.answer) for e, a in zip(examples, answers)]
     correct = sum(hits)
     low, high = wilson_interval(correct, len(hits))

@@ -31,6 +31,16 @@ class ImageTokens:
 
     ``features`` and ``embeddings`` are in the pipeline's scoring dtype (float32 by default) and ``projector``
     computes in that dtype too, so scorers never meet the model's half precision.
+
+    Attributes:
+        features: (N, d_v), the projector's input, one row per visual token.
+        embeddings: (N, d_l), the projector's output: what the language model would see.
+        model_embeddings: (N, d_l), the same in the model's own dtype, exactly as the model computed it.
+        projector: the projection layer in the scoring dtype, (..., d_v) -> (..., d_l).
+        sample: which prompt of the batch the image belongs to.
+        image: which image of that prompt, counted from 0.
+        grid: (rows, cols) of the patch grid when the tokens form one (rows * cols == N), else None.
+        extras: signals a scorer asked for through ``Scorer.requires``, e.g. ``cls_attention`` of shape (N,).
     """
 
     features: torch.Tensor  # (N, d_v): the projector's input
@@ -44,12 +54,19 @@ class ImageTokens:
 
     @property
     def num_tokens(self) -> int:
+        """N, the number of visual tokens."""
         return self.features.shape[0]
 
 
 @dataclass
 class Context:
-    """What a scorer or selector may need besides the tokens: a seeded generator and the compute dtype."""
+    """What a scorer or selector may need besides the tokens: a seeded generator and the compute dtype.
+
+    Attributes:
+        generator: seeded from ``PipelineConfig.seed`` afresh for every image, on the tokens' device; draw every
+            random number from it so that selections are reproducible and independent of the batch.
+        dtype: the scoring dtype of ``ImageTokens.features`` and ``embeddings``.
+    """
 
     generator: torch.Generator
     dtype: torch.dtype = torch.float32
@@ -68,7 +85,11 @@ class Scorer(ABC):
 
     @abstractmethod
     def score(self, tokens: ImageTokens, ctx: Context) -> torch.Tensor:
-        """Return the scores, shape (N,), float32, on the tokens' device."""
+        """Score the N visual tokens of one image.
+
+        ``tokens.features`` is (N, d_v) and ``tokens.embeddings`` (N, d_l); return the scores, shape (N,), float32,
+        on the tokens' device, higher meaning more worth keeping. Randomness comes from ``ctx.generator`` only.
+        """
 
 
 class Selector(ABC):

@@ -18,7 +18,16 @@ from zoprune.registry import get_registry
 
 @dataclass(frozen=True)
 class Selection:
-    """What was kept of one image in the last call."""
+    """What was kept of one image (or one view or frame of it) in the last call.
+
+    Attributes:
+        sample: the prompt's index in the batch.
+        image: the image's index within its prompt.
+        num_tokens: N, the image's visual tokens before pruning.
+        kept: (k,) long, the sorted indices into the N tokens that were kept.
+        scores: (N,) the scorer's output; None without a scorer or when all N tokens were kept.
+        grid: (rows, cols) of the patch grid, when the tokens form one.
+    """
 
     sample: int  # the prompt's index in the batch
     image: int  # the image's index within its prompt
@@ -49,6 +58,7 @@ class PrunedModel:
 
     @property
     def device(self) -> torch.device:
+        """The device of the wrapped model's first parameter."""
         return next(self.model.parameters()).device
 
     def _projector(self, dtype: torch.dtype) -> torch.nn.Module:
@@ -64,7 +74,12 @@ class PrunedModel:
 
     @torch.no_grad()
     def select(self, **inputs: Any) -> list[Selection]:
-        """Score and select the visual tokens of every image in ``inputs`` without running the language model."""
+        """Score and select the visual tokens of every image in ``inputs`` without running the language model.
+
+        ``inputs`` are the processor's outputs (``input_ids`` (B, L), ``pixel_values``, ...). Returns one
+        :class:`Selection` per image, in batch order, and keeps it in ``last_selection``. A selector that prunes
+        inside the language model needs its first layers, so for one the model's forward pass runs.
+        """
         if self.selector.stage == "in_llm":  # the selection needs the language model's first layers
             self(**inputs)
             return self.last_selection
@@ -137,6 +152,7 @@ class PrunedModel:
         return self.model(**self.prepare(**inputs))
 
     def forward(self, **inputs: Any) -> Any:
+        """The same as calling the pruned model: the model's forward pass on the pruned inputs."""
         return self(**inputs)
 
     @torch.no_grad()

@@ -96,6 +96,7 @@ class Registry:
         return register
 
     def names(self, kind: Kind) -> list[str]:
+        """The registered names of one kind ("scorer", "selector" or "adapter"), sorted."""
         return sorted(self.components[kind])
 
     def get(self, kind: Kind, name: str) -> Registered:
@@ -127,6 +128,7 @@ class Registry:
         return None
 
     def all(self) -> list[Registered]:
+        """Every registered component: adapters, then scorers, then selectors, each sorted by name."""
         return [reg for kind in _BASES for _, reg in sorted(self.components[kind].items())]
 
 

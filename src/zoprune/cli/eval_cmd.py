@@ -77,6 +77,7 @@ def eval_command(
 
 
 def require_matplotlib() -> None:
+    """Fail with an error that says how to install matplotlib when it is missing."""
     try:
         import matplotlib  # noqa: F401
     except ImportError:

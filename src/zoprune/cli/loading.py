@@ -47,6 +47,7 @@ def load_model(name_or_path: str | None, dtype: str = "float32", device: str = "
 
 
 def load_image(path: str | Path):
+    """The image at ``path`` as an RGB PIL image; an InputError says when it is missing or unreadable."""
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)

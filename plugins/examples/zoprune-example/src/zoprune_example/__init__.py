@@ -1,8 +1,9 @@
 """An example zoprune plugin, written as a third party would write one.
 
-It adds the ``contrast`` scorer (how far each token's projected feature is from the image's typical token) and the
+It adds the ``contrast`` scorer (how far each token's projected feature is from the image's typical token), the
 ``stratified`` selector (the best-scoring token of each of k equal slices of the image, so the kept tokens spread
-over the whole picture).
+over the whole picture) and the ``contrast-stratified`` method that combines them. The ``# --8<--`` comments mark
+the parts that docs/guides/writing-a-plugin.md includes.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pydantic import Field
 import zoprune
 
 
+# --8<-- [start:scorer]
 class ContrastConfig(zoprune.ComponentConfig):
     """Parameters of the contrast scorer."""
 
@@ -32,8 +34,10 @@ class Contrast(zoprune.Scorer):
         z = tokens.embeddings.float()  # (N, d)
         center = z.mean(0) if self.config.center == "mean" else z.median(0).values  # (d,)
         return (z - center).norm(dim=-1) ** self.config.power  # (N,)
+# --8<-- [end:scorer]
 
 
+# --8<-- [start:selector]
 class StratifiedConfig(zoprune.ComponentConfig):
     """Parameters of the stratified selector."""
 
@@ -61,8 +65,10 @@ class Stratified(zoprune.Selector):
             members = order[start:stop]
             kept.append(members[torch.argmax(scores[members])])
         return torch.sort(torch.stack(kept)).values
+# --8<-- [end:selector]
 
 
+# --8<-- [start:hooks]
 @zoprune.hookimpl
 def register_scorers(register):
     register(Contrast)
@@ -71,3 +77,11 @@ def register_scorers(register):
 @zoprune.hookimpl
 def register_selectors(register):
     register(Stratified)
+
+
+@zoprune.hookimpl
+def register_methods(register):
+    # a named pipeline, so `zoprune eval --method contrast-stratified` works; the budget comes from the command
+    register("contrast-stratified", {"scorer": "contrast", "selector": "stratified"},
+             "example plugin: the most unusual token of each slice of the image")
+# --8<-- [end:hooks]
