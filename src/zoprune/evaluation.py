@@ -100,26 +100,31 @@ def shapes_examples(n: int, seed: int) -> list[Example]:
 
 
 @torch.no_grad()
-def answer_all(model: Any, processor: Any, examples: Sequence[Example], prompt: Callable[[str], str],
+def answer_all(models: Sequence[Any], processor: Any, examples: Sequence[Example], prompt: Callable[[str], str],
                batch_size: int = 32, max_new_tokens: int = 4,
-               on_batch: Callable[[int], None] | None = None) -> tuple[list[str], list[int], list[int]]:
-    """Greedy answers of ``model`` (a model or a PrunedModel) with the visual tokens kept and seen per image."""
+               on_batch: Callable[[int], None] | None = None) -> list[tuple[list[str], list[int], list[int]]]:
+    """Greedy answers of each model (a model or a PrunedModel) with the visual tokens kept and seen per image.
+
+    Every model answers a batch before the next batch is built, so PrunedModels that are budget twins
+    (:meth:`PrunedModel.at_budget`) score each batch once. Returns ``(answers, kept, total)`` per model.
+    """
     from zoprune.pipeline import PrunedModel
 
-    answers, kept, total = [], [], []
+    results: list[tuple[list[str], list[int], list[int]]] = [([], [], []) for _ in models]
     for start in range(0, len(examples), batch_size):
         batch = examples[start:start + batch_size]
         inputs = processor(images=[e.image for e in batch], text=[prompt(e.question) for e in batch],
                            return_tensors="pt", padding=True)
         length = inputs["input_ids"].shape[1]
-        output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-        answers += processor.batch_decode(output[:, length:], skip_special_tokens=True)
-        if isinstance(model, PrunedModel):
-            kept += [s.kept.numel() for s in model.last_selection]
-            total += [s.num_tokens for s in model.last_selection]
-        if on_batch is not None:
-            on_batch(len(batch))
-    return answers, kept, total
+        for model, (answers, kept, total) in zip(models, results):
+            output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+            answers += processor.batch_decode(output[:, length:], skip_special_tokens=True)
+            if isinstance(model, PrunedModel):
+                kept += [s.kept.numel() for s in model.last_selection]
+                total += [s.num_tokens for s in model.last_selection]
+            if on_batch is not None:
+                on_batch(len(batch))
+    return results
 
 
 def score(method: str, budget: int | None, examples: Sequence[Example], answers: Sequence[str],
@@ -142,15 +147,16 @@ def evaluate(model: Any, processor: Any, examples: Sequence[Example], methods: d
              on_batch: Callable[[int], None] | None = None) -> list[Result]:
     """The unpruned model, then every method at every budget, on the same examples."""
     # keeping every token gives exactly the unpruned model's outputs (a tested guarantee) and counts the tokens
-    unpruned = prune(model, budget=KEEP_ALL)
-    answers, kept, total = answer_all(unpruned, processor, examples, prompt, batch_size, on_batch=on_batch)
+    (answers, kept, total), = answer_all([prune(model, budget=KEEP_ALL)], processor, examples, prompt, batch_size,
+                                         on_batch=on_batch)
     reference = score(UNPRUNED, None, examples, answers, kept, total)
     reference.relative = 1.0
     results = [reference]
     for name, config in methods.items():
-        for budget in budgets:
-            pruned = prune(model, config, budget=budget)
-            answers, kept, total = answer_all(pruned, processor, examples, prompt, batch_size, on_batch=on_batch)
+        base = prune(model, config)
+        runs = answer_all([base.at_budget(b) for b in budgets], processor, examples, prompt, batch_size,
+                          on_batch=on_batch)
+        for budget, (answers, kept, total) in zip(budgets, runs):
             result = score(name, budget, examples, answers, kept, total)
             result.relative = result.accuracy / reference.accuracy if reference.accuracy else None
             results.append(result)

@@ -4,7 +4,7 @@ take what the model's own take and run the language model on the kept visual tok
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,30 @@ class Selection:
     grid: tuple[int, int] | None = None  # (rows, cols) of the patch grid, when the tokens form one
 
 
+@dataclass
+class _Memo:
+    """The last inputs' visual tokens and scores. Scores depend on the image and the seed, not on the budget, so a
+    PrunedModel and its :meth:`PrunedModel.at_budget` twins share one memo and a budget sweep scores once."""
+
+    key: tuple = ()
+    inputs: list = field(default_factory=list)  # holds the keyed tensors, so their ids cannot be reused meanwhile
+    images: list[ImageTokens] = field(default_factory=list)
+    scores: dict[int, torch.Tensor] = field(default_factory=dict)  # image index -> (N,) scores
+
+    @staticmethod
+    def key_of(inputs: dict[str, Any]) -> tuple:
+        # identity and in-place version of every tensor, and plain values: anything changed or new is a miss
+        key = []
+        for name, value in sorted(inputs.items()):
+            if isinstance(value, torch.Tensor):
+                key.append((name, id(value), value._version))
+            elif isinstance(value, (int, float, str, bool, type(None))):
+                key.append((name, value))
+            else:
+                return ()  # something we cannot compare: never reuse
+        return tuple(key)
+
+
 class PrunedModel:
     """A model with a pruning pipeline in front of its language model. The wrapped model is not modified."""
 
@@ -50,11 +74,23 @@ class PrunedModel:
         #: one entry per image of the last ``generate`` / ``__call__`` / ``select`` call, in batch order
         self.last_selection: list[Selection] = []
         self._projectors: dict[tuple[torch.dtype, torch.device], torch.nn.Module] = {}
+        self._memo = _Memo()
 
     def __repr__(self) -> str:
         scorer = self.scorer.name if self.scorer is not None else None
         return (f"PrunedModel({type(self.model).__name__}, adapter={self.adapter.name!r}, scorer={scorer!r}, "
                 f"selector={self.selector.name!r}, budget={self.config.budget!r})")
+
+    def at_budget(self, budget: Any) -> "PrunedModel":
+        """The same pipeline keeping ``budget`` tokens per image (any form ``PipelineConfig.budget`` takes).
+
+        The twin shares this model's scores of the last inputs: calling it on the same input tensors scores nothing
+        again, so a sweep over budgets costs one scoring pass per batch.
+        """
+        twin = PrunedModel(self.model, resolve_config(self.config, budget=budget), self.adapter, self.scorer,
+                           self.selector)
+        twin._projectors, twin._memo = self._projectors, self._memo
+        return twin
 
     @property
     def device(self) -> torch.device:
@@ -93,21 +129,29 @@ class PrunedModel:
         self.last_selection = []
 
         def select(images: list[ImageTokens]) -> list[torch.Tensor]:
-            self.last_selection = self._select(images)
+            self.last_selection = self._select(images, memo=False)
             return [s.kept for s in self.last_selection]
 
         dtype = self.config.torch_dtype(next(self.model.parameters()).dtype)
         return self.adapter.inside_llm(inputs, self.selector.llm_layer, select, dtype)
 
     def _extract(self, inputs: dict[str, Any]) -> list[ImageTokens]:
+        key = _Memo.key_of(inputs)
+        if key and key == self._memo.key:
+            return self._memo.images
         dtype = self.config.torch_dtype(next(self.adapter.projector().parameters()).dtype)
         requires = self.scorer.requires if self.scorer is not None else frozenset()
-        return self.adapter.extract(inputs, self._projector(dtype), dtype, requires)
+        images = self.adapter.extract(inputs, self._projector(dtype), dtype, requires)
+        self._memo.key, self._memo.inputs, self._memo.images = key, list(inputs.values()), images
+        self._memo.scores = {}
+        return images
 
-    def _select(self, images: list[ImageTokens]) -> list[Selection]:
+    def _select(self, images: list[ImageTokens], memo: bool = True) -> list[Selection]:
+        """Score and select every entry; with ``memo``, ``images`` came from ``_extract`` and scores are reused."""
         selections = []
         budgets = self.adapter.token_budgets(self.config.budget, images)
-        for tokens, k in zip(images, budgets):
+        cached = self._memo.scores if memo and images is self._memo.images else {}
+        for index, (tokens, k) in enumerate(zip(images, budgets)):
             # a generator per image, seeded alike: an image's selection does not depend on its batch neighbours
             ctx = Context(generator=torch.Generator(tokens.features.device).manual_seed(self.config.seed),
                           dtype=tokens.features.dtype)
@@ -118,7 +162,11 @@ class PrunedModel:
             if k == n:  # nothing to prune: no scoring work either
                 selections.append(Selection(tokens.sample, tokens.image, n, torch.arange(n), None, tokens.grid))
                 continue
-            scores = self.scorer.score(tokens, ctx) if self.scorer is not None else None
+            scores = cached.get(index)
+            if scores is None and self.scorer is not None:
+                scores = self.scorer.score(tokens, ctx)
+                if memo:
+                    cached[index] = scores
             if scores is not None and tuple(scores.shape) != (n,):
                 raise PluginError(f"scorer {self.scorer.name!r} returned scores of shape {tuple(scores.shape)}, "
                                   f"expected ({n},)")

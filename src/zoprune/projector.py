@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Callable
 
@@ -21,8 +22,20 @@ class MLPParts:
     second: nn.Linear  # d_h -> d_l
 
 
+_PARTS: "weakref.WeakKeyDictionary[nn.Module, MLPParts | None]" = weakref.WeakKeyDictionary()
+
+
 def mlp_parts(projector: nn.Module) -> MLPParts | None:
-    """The two Linear layers and the activation of a Linear-activation-Linear projector, or None for any other."""
+    """The two Linear layers and the activation of a Linear-activation-Linear projector, or None for any other.
+
+    The answer is remembered per module (finding it runs a probe input through the projector).
+    """
+    if projector not in _PARTS:
+        _PARTS[projector] = _find_mlp_parts(projector)
+    return _PARTS[projector]
+
+
+def _find_mlp_parts(projector: nn.Module) -> MLPParts | None:
     if isinstance(projector, nn.Sequential) and len(projector) == 3:
         first, activation, second = projector
         if isinstance(first, nn.Linear) and isinstance(second, nn.Linear) and not isinstance(activation, nn.Linear):

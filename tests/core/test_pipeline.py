@@ -179,3 +179,26 @@ def test_config_from_file_and_overrides(model, tmp_path):
     assert pruned.last_selection[0].kept.numel() == 3
     with pytest.raises(ConfigError, match="seed"):
         zoprune.prune(model, path, seed="x")
+
+
+def test_budget_twins_score_each_input_once(model, monkeypatch):
+    from zoprune_plugins.scorers.zo_sensitivity import ZOSensitivity
+
+    calls = []
+    real = ZOSensitivity.score
+    monkeypatch.setattr(ZOSensitivity, "score", lambda self, tokens, ctx: calls.append(1) or real(self, tokens, ctx))
+    inputs = llava_batch(model, [[6, 7], [8]], [1, 1])
+    base = zoprune.prune(model, budget=8, scorer={"name": "zo_sensitivity", "directions": 4})
+    twins = [base.at_budget(b) for b in (8, 4, 2)]
+    selections = [[s.kept for s in twin.select(**inputs)] for twin in twins]
+    assert len(calls) == 2  # two images, scored once for three budgets
+    assert [twin.config.budget.keep for twin in twins] == [8, 4, 2]
+    for twin, kept in zip(twins, selections):  # the same selections as pipelines built from scratch
+        fresh = zoprune.prune(model, twin.config).select(**inputs)
+        assert all(torch.equal(a, f.kept) for a, f in zip(kept, fresh))
+    before = len(calls)
+    twins[1].select(**inputs)
+    assert len(calls) == before  # still the same inputs
+    inputs["pixel_values"].mul_(2)  # changed in place: scored again
+    twins[0].select(**inputs)
+    assert len(calls) == before + 2
