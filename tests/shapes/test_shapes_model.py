@@ -80,12 +80,12 @@ def accuracies(loaded, held_out):
             shapes_model.evaluate(model, processor, held_out, mean_visual_tokens=True))
 
 
-# The shipped checkpoint is under-trained (see its model card): 0.553 on the card's 700 held-out questions, where
+# The shipped checkpoint is under-trained (see its model card): 0.616 on the card's 700 held-out questions, where
 # the issue asks for >= 0.90. The thresholds below guard what it does reach, with a margin.
 def test_held_out_accuracy_is_above_the_answer_prior(accuracies):
     full, ablated = accuracies
-    assert full["all"] >= 0.45, full  # measured 0.543 on these 105 questions; the answer prior is ~0.32
-    assert full["all"] > ablated["all"], (full, ablated)  # measured 0.438 with mean visual tokens
+    assert full["all"] >= 0.5, full  # measured 0.600 on these 105 questions; the answer prior is ~0.32
+    assert full["all"] > ablated["all"], (full, ablated)  # measured 0.457 with mean visual tokens
 
 
 def test_accuracy_falls_to_chance_without_visual_information(loaded):
@@ -96,8 +96,8 @@ def test_accuracy_falls_to_chance_without_visual_information(loaded):
     examples = [make_example(rng, kind=k) for k in ("colour", "shape", "digit") * 20]
     full = shapes_model.evaluate(model, processor, examples)
     ablated = shapes_model.evaluate(model, processor, examples, mean_visual_tokens=True)
-    assert full["all"] >= 0.55, full  # measured 0.67
-    assert ablated["all"] <= 0.45, ablated  # measured 0.35
+    assert full["all"] >= 0.7, full  # measured 0.83
+    assert ablated["all"] <= 0.5, ablated  # measured 0.42
     assert full["colour"] + full["shape"] - ablated["colour"] - ablated["shape"] >= 0.3, (full, ablated)
 
 
