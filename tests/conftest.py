@@ -44,3 +44,22 @@ def sample_image(tmp_path_factory):
     path = tmp_path_factory.mktemp("img") / "picture.png"
     Image.fromarray((np.random.default_rng(0).random((40, 48, 3)) * 255).astype("uint8")).save(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_vqa_jsonl(tmp_path_factory):
+    """A 6-question JSONL data set of 32x32 noise images (kinds "colour" and "count"), for eval commands."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(0)
+    lines = []
+    for i in range(6):
+        Image.fromarray((rng.random((32, 32, 3)) * 255).astype("uint8")).save(folder / f"{i}.png")
+        lines.append(json.dumps({"image": f"{i}.png", "question": "what colour is the circle ?", "answer": "red",
+                                 "kind": "colour" if i % 2 else "count"}))
+    (folder / "data.jsonl").write_text("\n".join(lines) + "\n")
+    return folder / "data.jsonl"

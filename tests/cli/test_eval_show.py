@@ -3,8 +3,6 @@
 import csv
 import json
 
-import numpy as np
-import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -13,26 +11,13 @@ from zoprune.cli import app
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("data")
-    rng = np.random.default_rng(0)
-    lines = []
-    for i in range(6):
-        Image.fromarray((rng.random((32, 32, 3)) * 255).astype("uint8")).save(folder / f"{i}.png")
-        lines.append(json.dumps({"image": f"{i}.png", "question": "what colour is the circle ?", "answer": "red",
-                                 "kind": "colour" if i % 2 else "count"}))
-    (folder / "data.jsonl").write_text("\n".join(lines) + "\n")
-    return folder / "data.jsonl"
-
-
 def invoke(*args):
     return runner.invoke(app, [str(a) for a in args])
 
 
-def test_eval_writes_table_csv_json_and_plot(tiny_checkpoint, dataset, tmp_path):
+def test_eval_writes_table_csv_json_and_plot(tiny_checkpoint, tiny_vqa_jsonl, tmp_path):
     out = tmp_path / "eval"
-    result = invoke("eval", "--model", tiny_checkpoint, "--data", dataset, "-m", "zoo-prune", "-m", "zo-topk",
+    result = invoke("eval", "--model", tiny_checkpoint, "--data", tiny_vqa_jsonl, "-m", "zoo-prune", "-m", "zo-topk",
                     "-m", "contrast+stratified", "-b", 8, "-b", 4, "--out", out, "--batch-size", 4)
     assert result.exit_code == 0, result.output
     assert "95% interval" in result.output and "relative" in result.output
@@ -50,12 +35,12 @@ def test_eval_writes_table_csv_json_and_plot(tiny_checkpoint, dataset, tmp_path)
     assert (out / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_eval_errors(tiny_checkpoint, dataset, tmp_path):
-    result = invoke("eval", "--model", tiny_checkpoint, "--data", dataset, "-m", "no-such-method", "--no-plot")
+def test_eval_errors(tiny_checkpoint, tiny_vqa_jsonl, tmp_path):
+    result = invoke("eval", "--model", tiny_checkpoint, "--data", tiny_vqa_jsonl, "-m", "no-such-method", "--no-plot")
     assert result.exit_code == 2 and "unknown method 'no-such-method'" in result.output
     result = invoke("eval", "--model", tiny_checkpoint, "-m", "zoo-prune", "--no-plot")
     assert result.exit_code == 2 and "--data is required" in result.output
-    result = invoke("eval", "--model", tiny_checkpoint, "--data", dataset, "-m", "zoo-prune", "-b", 0, "--no-plot")
+    result = invoke("eval", "--model", tiny_checkpoint, "--data", tiny_vqa_jsonl, "-m", "zoo-prune", "-b", 0, "--no-plot")
     assert result.exit_code == 2 and "at least 1" in result.output
 
 
