@@ -65,7 +65,7 @@ def jacobian_norm_scores(x: torch.Tensor, parts: MLPParts, block: int = 4096) ->
 
 # K per projector: keyed weakly on the first Linear (so a freed projector frees its K), checked against the weights'
 # identity and in-place version counters, so that loading new weights into the same module recomputes it.
-_kernels: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple, torch.Tensor]]" = weakref.WeakKeyDictionary()
+_kernels: weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple, torch.Tensor]] = weakref.WeakKeyDictionary()
 _lock = threading.Lock()
 
 

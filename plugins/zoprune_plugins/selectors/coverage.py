@@ -46,7 +46,7 @@ def coverage_select(scores: torch.Tensor, embeddings: torch.Tensor, k: int,
 
 
 def greedy_max_cosine(s: torch.Tensor, embeddings: torch.Tensor, k: int, first: int,
-                      fusion: str = "product", batch: int = 32, rows: int = 1024) -> torch.Tensor:
+                      fusion: str = "product", batch: int = 8, rows: int = 1024) -> torch.Tensor:
     """Greedy selection by ``gain_i = s_i * (1 - max_{j kept} cos(z_i, z_j))`` (``s_i + (1 - max cos)`` for
     ``fusion='sum'``), starting from ``first``; returns the k indices sorted ascending.
 
@@ -61,6 +61,15 @@ def greedy_max_cosine(s: torch.Tensor, embeddings: torch.Tensor, k: int, first: 
     Memory: O(N) state, the k kept rows normalised (k x d) and ``rows x d`` scratch; the (N, d) embeddings are
     read in place, never copied whole. Used by ``divprune`` too (``s`` all ones).
     """
+    if embeddings.device.type == "cpu" and torch.get_num_threads() > 1:
+        # every op after the first pass touches a few rows: threads only add synchronisation, which costs
+        # milliseconds per op when the cores are shared with other work
+        previous = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return greedy_max_cosine(s, embeddings, k, first, fusion, batch, rows)
+        finally:
+            torch.set_num_threads(previous)
     n, d = embeddings.shape
     device = embeddings.device
     kept_rows = torch.empty(k, d, dtype=torch.float32, device=device)  # the kept tokens, normalised
@@ -80,15 +89,15 @@ def greedy_max_cosine(s: torch.Tensor, embeddings: torch.Tensor, k: int, first: 
     batch = min(batch, n)
     for t in range(1, k):  # t tokens kept so far
         while True:
-            top = torch.topk(bound, batch, sorted=False).indices
-            stale = top[seen[top] < t]
-            if stale.numel():
-                _refresh(stale, t, embeddings, inv_norm, kept_rows, max_cos, seen)
-                bound[stale] = _gain(s[stale], max_cos[stale], fusion)
-                bound[chosen[:t]] = float("-inf")  # a kept token may be among them again
             pick = int(torch.argmax(bound))
             if int(seen[pick]) == t:
                 break
+            top = torch.topk(bound, batch, sorted=False).indices
+            stale = top[(seen[top] < t) & (bound[top] > float("-inf"))]
+            if not bool((stale == pick).any()):  # more ties at the top than `batch`
+                stale = torch.cat([stale, stale.new_tensor([pick])])
+            _refresh(stale, t, embeddings, inv_norm, kept_rows, max_cos, seen)
+            bound[stale] = _gain(s[stale], max_cos[stale], fusion)
         chosen[t] = pick
         kept_rows[t] = _normalised(embeddings[pick:pick + 1])[0]
         bound[pick] = float("-inf")

@@ -4,13 +4,13 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 from torch import nn
+from zoprune_plugins.scorers import jacobian_norm as jn
+from zoprune_plugins.scorers.jacobian_norm import JacobianNorm, JacobianNormConfig, gram_kernel
+from zoprune_plugins.scorers.zo_sensitivity import ZOSensitivity, ZOSensitivityConfig
 
 import zoprune
 from zoprune import ConfigError, Context, ImageTokens
 from zoprune.projector import mlp_parts
-from zoprune_plugins.scorers import jacobian_norm as jn
-from zoprune_plugins.scorers.jacobian_norm import JacobianNorm, JacobianNormConfig, gram_kernel
-from zoprune_plugins.scorers.zo_sensitivity import ZOSensitivity, ZOSensitivityConfig
 
 
 def projector(d_v=12, d_h=20, d_l=16, act=None, seed=0):

@@ -1,0 +1,34 @@
+"""Shared inputs of the speed benchmarks: LLaVA-1.5-shaped projector and stand-in features at several N.
+
+Run: ``python -m pytest benchmarks --benchmark-only -p no:cacheprovider`` (the default ``pytest`` run only collects
+``tests/`` and skips benchmarks).
+"""
+
+import pytest
+import torch
+from bench_inputs import features
+from torch import nn
+
+from zoprune import ImageTokens
+
+
+@pytest.fixture(scope="session")
+def projector():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(1024, 4096), nn.GELU(), nn.Linear(4096, 4096)).eval()
+
+
+@pytest.fixture(scope="session")
+def image_tokens(projector):
+    cache = {}
+
+    def make(n: int) -> ImageTokens:
+        if n not in cache:
+            x = features(n)
+            with torch.no_grad():
+                z = torch.cat([projector(b) for b in x.split(2048)])
+            cache[n] = ImageTokens(features=x, embeddings=z, model_embeddings=z, projector=projector, sample=0,
+                                   image=0)
+        return cache[n]
+
+    return make

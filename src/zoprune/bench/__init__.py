@@ -1,0 +1,1 @@
+"""Speed measurements: ``zoprune bench`` (see :mod:`zoprune.bench.speed`)."""

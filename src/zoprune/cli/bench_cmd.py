@@ -1,0 +1,78 @@
+"""``zoprune bench``: pruning overhead, prefill, decoding, generation, memory and FLOPs against the unpruned model
+and an oracle, on randomly initialised models of realistic shapes (see :mod:`zoprune.bench.speed`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from zoprune.cli.app import app, console, friendly_errors
+from zoprune.errors import ZopruneError
+
+
+@app.command()
+@friendly_errors
+def bench(
+    preset: str = typer.Option("llava-1.5-7b", "--preset",
+                               help="shapes: llava-1.5-7b (7B-wide LM, 1 of 32 layers, extrapolated), qwen2-0.5b "
+                                    "(0.5B LM in full) or tiny"),
+    methods: str = typer.Option("zoo,jacobian", "--methods",
+                                help="comma-separated: aliases (zoo, jacobian, divprune, random, norm), "
+                                     "scorer+selector (none+divprune) or config files"),
+    budgets: str = typer.Option("64", "--budgets", help="comma-separated visual tokens kept per image"),
+    layers: int | None = typer.Option(None, "--layers", min=1, help="decoder layers built (default: preset's)"),
+    new_tokens: int = typer.Option(8, "--new-tokens", min=2, help="tokens generated per run"),
+    repeats: int = typer.Option(1, "--repeats", min=1, help="runs per phase; the median is reported"),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda"),
+    seed: int = typer.Option(0, "--seed"),
+    png: Path | None = typer.Option(None, "--png", help="write a bar chart here (needs zoprune[plot])"),
+    json_out: Path | None = typer.Option(None, "--json", help="write every measurement here"),
+) -> None:
+    """Measure what pruning costs and saves, as ratios to the unpruned model and to an oracle, in one run."""
+    import dataclasses
+
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from zoprune.bench.speed import PRESETS, plot, render_table, run_bench
+
+    if preset not in PRESETS:
+        raise ZopruneError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+    shapes = PRESETS[preset]
+    if layers is not None:
+        shapes = dataclasses.replace(shapes, layers=layers)
+    try:
+        budget_list = [int(b) for b in budgets.split(",") if b.strip()]
+    except ValueError:
+        raise ZopruneError(f"--budgets must be comma-separated integers, not {budgets!r}") from None
+    if not budget_list or min(budget_list) < 1:
+        raise ZopruneError("--budgets needs at least one budget of 1 or more tokens")
+    method_list = [m.strip() for m in methods.split(",") if m.strip()]
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ZopruneError("--device cuda given but torch sees no CUDA device")
+    steps = 1 + len(method_list) * len(budget_list)
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
+                  transient=True) as progress:
+        task = progress.add_task("starting", total=steps)
+
+        def say(message: str) -> None:
+            if message.endswith("scoring and selection") or message == "unpruned: prefill":
+                progress.advance(task)
+            progress.update(task, description=message)
+
+        report = run_bench(shapes, method_list, budget_list, new_tokens=new_tokens, repeats=repeats,
+                           device=device, seed=seed, progress=say)
+    console.print(render_table(report))
+    scale = report.extrapolation()
+    if scale != 1.0:
+        console.print(f"[dim]'at {shapes.full_layers} layers': overhead over the prefill extrapolated by FLOPs "
+                      f"(x{scale:.1f} the measured prefill); the other columns are as measured[/]")
+    if png is not None:
+        console.print(f"chart: {plot(report, png)}")
+    if json_out is not None:
+        json_out.write_text(json.dumps(report.to_dict(), indent=2, default=str) + "\n")
+        console.print(f"measurements: {json_out}")

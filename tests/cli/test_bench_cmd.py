@@ -1,0 +1,70 @@
+"""``zoprune bench`` on the tiny preset: a table, a PNG and JSON measurements whose structure is checked."""
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from zoprune.bench.speed import PRESETS, build_inputs, build_model, method_config, run_bench
+from zoprune.cli import app
+
+
+def test_bench_prints_a_table_and_writes_a_chart_and_json(tmp_path):
+    png, out = tmp_path / "bench.png", tmp_path / "bench.json"
+    args = ["bench", "--preset", "tiny", "--methods", "zoo,jacobian", "--budgets", "4", "--new-tokens", "3",
+            "--png", str(png), "--json", str(out)]
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    assert "unpruned" in result.output and "zoo @ 4" in result.output and "jacobian oracle @ 4" in result.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    data = json.loads(out.read_text())
+    assert data["shapes"]["name"] == "tiny" and data["extrapolation"] == 1.0
+    assert [r["pruned"]["method"] for r in data["rows"]] == ["zoo", "jacobian"]
+    for r in data["rows"]:
+        assert r["pruned"]["kept"] == r["oracle"]["kept"] == 4
+        assert r["pruned"]["kept_indices"] == r["oracle"]["kept_indices"]
+        assert r["pruned"]["overhead"]["seconds"] > 0 and r["oracle"]["overhead"] is None
+        # the language model sees 4 of 16 visual tokens: fewer prefill FLOPs than unpruned
+        assert r["pruned"]["prefill"]["gflop"] < data["unpruned"]["prefill"]["gflop"]
+
+
+@pytest.mark.parametrize("args, message", [(["--preset", "nope"], "unknown preset"),
+                                           (["--preset", "tiny", "--budgets", "a"], "comma-separated integers")])
+def test_bench_rejects_bad_options(args, message):
+    result = CliRunner().invoke(app, ["bench", *args])
+    assert result.exit_code == 2 and message in result.output
+
+
+def test_oracle_and_pruned_generate_the_same_tokens():
+    shapes = PRESETS["tiny"]
+    report = run_bench(shapes, ["zoo"], [5], new_tokens=3)
+    pruned, oracle = report.rows[0]
+    assert pruned.kept_indices == oracle.kept_indices and len(pruned.kept_indices) == 5
+    assert report.unpruned.kept == shapes.num_visual == 16
+    assert report.unpruned.prefill.gflop > pruned.prefill.gflop > 0
+    assert pruned.overhead.gflop > 0  # the ZO scorer's projector products are counted
+
+
+def test_extrapolation_adds_the_missing_layers_by_flops():
+    import dataclasses
+
+    shapes = dataclasses.replace(PRESETS["tiny"], layers=1, full_layers=3)
+    report = run_bench(shapes, ["jacobian"], [4], new_tokens=2)
+    assert 2.0 < report.extrapolation() < 3.0  # two more layers, plus the parts that do not scale
+
+
+def test_method_config_forms(tmp_path):
+    assert method_config("zoo", 64)["scorer"] == "zo_sensitivity"
+    assert method_config("none+divprune", 8) == {"scorer": None, "selector": "divprune", "budget": 8, "seed": 0}
+    path = tmp_path / "c.yaml"
+    path.write_text("scorer: norm\nselector: topk\n")
+    assert method_config(str(path), 3)["selector"] == "topk"
+
+
+def test_model_shapes():
+    model = build_model(PRESETS["tiny"])
+    inputs = build_inputs(PRESETS["tiny"])
+    assert int((inputs["input_ids"] == 3).sum()) == 16
+    with torch.no_grad():
+        assert model(**inputs).logits.shape[1] == inputs["input_ids"].shape[1]
