@@ -17,6 +17,8 @@ METHODS: dict[str, tuple[dict, str]] = {
     "norm": ({"scorer": "norm", "selector": "topk"}, "top-k by the L2 norm of the projected feature"),
     "cls-attention": ({"scorer": "cls_attention", "selector": "topk"},
                       "FasterVLM / VisionZip dominant tokens: [CLS] attention in the vision encoder"),
+    "visionzip": ({"scorer": "cls_attention", "selector": "visionzip"},
+                  "VisionZip: dominant tokens by [CLS] attention + contextual tokens merged by key similarity"),
     "fastv": ({"scorer": None, "selector": "fastv"},
               "FastV: attention of the last prompt token in LLM layer K-1 (K = 2), pruned from layer K on"),
     "random": ({"scorer": None, "selector": "random"}, "random tokens (seeded): the floor"),

@@ -9,7 +9,7 @@
 from zoprune.config import Budget, ComponentSpec, PipelineConfig
 from zoprune.errors import ConfigError, InputError, PluginError, UnsupportedModelError, ZopruneError
 from zoprune.hookspecs import hookimpl
-from zoprune.interfaces import ComponentConfig, Context, ImageTokens, ModelAdapter, Scorer, Selector
+from zoprune.interfaces import ComponentConfig, Context, ImageTokens, Merge, ModelAdapter, Scorer, Selector
 from zoprune.pipeline import PrunedModel, Selection, prune
 from zoprune.registry import get_registry
 
@@ -17,6 +17,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Budget", "ComponentConfig", "ComponentSpec", "ConfigError", "Context", "ImageTokens", "InputError",
-    "ModelAdapter", "PipelineConfig", "PluginError", "PrunedModel", "Scorer", "Selection", "Selector",
+    "Merge", "ModelAdapter", "PipelineConfig", "PluginError", "PrunedModel", "Scorer", "Selection", "Selector",
     "UnsupportedModelError", "ZopruneError", "get_registry", "hookimpl", "prune",
 ]

@@ -120,7 +120,7 @@ def answer_all(models: Sequence[Any], processor: Any, examples: Sequence[Example
             output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
             answers += processor.batch_decode(output[:, length:], skip_special_tokens=True)
             if isinstance(model, PrunedModel):
-                kept += [s.kept.numel() for s in model.last_selection]
+                kept += [s.num_kept for s in model.last_selection]
                 total += [s.num_tokens for s in model.last_selection]
             if on_batch is not None:
                 on_batch(len(batch))

@@ -40,7 +40,8 @@ class ImageTokens:
         sample: which prompt of the batch the image belongs to.
         image: which image of that prompt, counted from 0.
         grid: (rows, cols) of the patch grid when the tokens form one (rows * cols == N), else None.
-        extras: signals a scorer asked for through ``Scorer.requires``, e.g. ``cls_attention`` of shape (N,).
+        extras: signals a scorer or selector asked for through its ``requires``, e.g. ``cls_attention`` of shape
+            (N,) or ``vision_keys`` of shape (N, d_head).
     """
 
     features: torch.Tensor  # (N, d_v): the projector's input
@@ -92,6 +93,26 @@ class Scorer(ABC):
         """
 
 
+@dataclass(frozen=True)
+class Merge:
+    """What a merging selector (``Selector.merges``) returns: original tokens kept as they are, plus tokens it built
+    from the others. The language model sees ``len(kept) + M`` tokens for the image, which must equal the budget k.
+
+    Where the merged tokens go is the adapter's job (``ModelAdapter.places_merged``): right after the image's kept
+    tokens, in the order given here (VisionZip's layout: dominant tokens, then contextual ones).
+
+    Attributes:
+        kept: (k - M,) long, sorted indices into the N tokens kept unchanged.
+        embeddings: (M, d_l), the merged tokens as the language model sees them (projector outputs), in the
+            scoring dtype; the pipeline casts them to the model's dtype.
+        groups: (N,) long, which merged token each of the N tokens went into (0..M-1), -1 for the kept ones.
+    """
+
+    kept: torch.Tensor  # (k - M,) long, sorted indices of the tokens kept unchanged
+    embeddings: torch.Tensor  # (M, d_l): the merged tokens, projector outputs in the scoring dtype
+    groups: torch.Tensor  # (N,) long: merged token of each token, -1 for kept ones
+
+
 class Selector(ABC):
     """Scores and projected features of one image, and a budget -> indices of the kept tokens."""
 
@@ -99,6 +120,11 @@ class Selector(ABC):
     Config: ClassVar[type[ComponentConfig]] = NoParameters
     #: whether ``select`` needs scores (a pipeline with such a selector and no scorer is a config error)
     needs_scores: ClassVar[bool] = True
+    #: whether ``select`` returns a :class:`Merge` (kept tokens plus merged ones) instead of indices
+    merges: ClassVar[bool] = False
+    #: extra signals the adapter must put in ``ImageTokens.extras`` for ``select`` (as ``Scorer.requires``); a
+    #: plain attribute, so a selector may make it a property of its config
+    requires: frozenset[str] = frozenset()
     #: where the selection runs. "pre_llm": on the vision tokens, before the language model sees them (the
     #: adapter's ``extract`` / ``pruned_inputs``). "in_llm": inside the language model, after its first layers ran
     #: on every token (the adapter's ``inside_llm``; such a selector must say which layer, see ``llm_layer``).
@@ -114,11 +140,12 @@ class Selector(ABC):
         self.config = config if config is not None else self.Config()
 
     @abstractmethod
-    def select(self, scores: torch.Tensor | None, tokens: ImageTokens, k: int, ctx: Context) -> torch.Tensor:
+    def select(self, scores: torch.Tensor | None, tokens: ImageTokens, k: int, ctx: Context) -> torch.Tensor | Merge:
         """Return k distinct indices into the N tokens, sorted ascending (original order), dtype long.
 
         ``scores`` has shape (N,) (None when the pipeline has no scorer); ``1 <= k <= N`` is guaranteed by the
-        pipeline.
+        pipeline (and with k == N the pipeline keeps every token without calling ``select``). A selector with
+        ``merges = True`` returns a :class:`Merge` whose kept indices and merged tokens add up to k.
         """
 
 
@@ -131,6 +158,8 @@ class ModelAdapter(ABC):
     model_classes: ClassVar[tuple[str, ...]] = ()
     #: the extra signals this adapter can provide to scorers (see ``Scorer.requires``)
     provides: ClassVar[frozenset[str]] = frozenset()
+    #: whether ``pruned_inputs`` accepts ``merged`` tokens (from selectors that return a :class:`Merge`)
+    places_merged: ClassVar[bool] = False
 
     def __init__(self, model: torch.nn.Module, config: ComponentConfig | None = None):
         self.model = model
@@ -186,10 +215,15 @@ class ModelAdapter(ABC):
 
     @abstractmethod
     def pruned_inputs(
-        self, inputs: dict[str, Any], images: list[ImageTokens], kept: list[torch.Tensor]
+        self, inputs: dict[str, Any], images: list[ImageTokens], kept: list[torch.Tensor],
+        merged: list[torch.Tensor | None] | None = None,
     ) -> dict[str, Any]:
         """Model keyword arguments equivalent to ``inputs`` with only the kept visual tokens of each image.
 
         ``kept[i]`` holds the sorted indices kept of ``images[i]``. The result goes to the model's own
         ``forward`` or ``generate`` unchanged; with every token kept, it must give exactly the same outputs.
+
+        Adapters with ``places_merged`` may be given ``merged``: ``merged[i]`` is None or the
+        (M_i, d_l) merged tokens of ``images[i]`` in the model's dtype, which the language model must see right
+        after that entry's kept tokens (the entry then has ``len(kept[i]) + M_i`` positions in the prompt).
         """

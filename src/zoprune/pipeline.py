@@ -12,7 +12,7 @@ import torch
 
 from zoprune.config import PipelineConfig
 from zoprune.errors import ConfigError, PluginError, UnsupportedModelError
-from zoprune.interfaces import Context, ImageTokens, ModelAdapter, Scorer, Selector
+from zoprune.interfaces import Context, ImageTokens, Merge, ModelAdapter, Scorer, Selector
 from zoprune.registry import get_registry
 
 
@@ -24,9 +24,13 @@ class Selection:
         sample: the prompt's index in the batch.
         image: the image's index within its prompt.
         num_tokens: N, the image's visual tokens before pruning.
-        kept: (k,) long, the sorted indices into the N tokens that were kept.
+        kept: (k,) long, the sorted indices into the N tokens that were kept (with a merging selector: those
+            kept unchanged, k - M of them).
         scores: (N,) the scorer's output; None without a scorer or when all N tokens were kept.
         grid: (rows, cols) of the patch grid, when the tokens form one.
+        merged: (M, d_l) in the model's dtype, the tokens a merging selector built (placed after the kept ones);
+            None for selectors that only keep.
+        groups: (N,) long, which merged token each token went into (-1: kept or none); None without merging.
     """
 
     sample: int  # the prompt's index in the batch
@@ -35,6 +39,13 @@ class Selection:
     kept: torch.Tensor  # (k,) sorted indices into the N tokens
     scores: torch.Tensor | None  # (N,) the scorer's output; None without a scorer or when all N are kept
     grid: tuple[int, int] | None = None  # (rows, cols) of the patch grid, when the tokens form one
+    merged: torch.Tensor | None = None  # (M, d_l) merged tokens, model dtype; None without merging
+    groups: torch.Tensor | None = None  # (N,) long: merged token of each token, -1 for kept ones
+
+    @property
+    def num_kept(self) -> int:
+        """The tokens the language model sees for this entry: the kept ones plus the merged ones (the budget)."""
+        return self.kept.numel() + (self.merged.shape[0] if self.merged is not None else 0)
 
 
 @dataclass
@@ -136,11 +147,11 @@ class PrunedModel:
         return self.adapter.inside_llm(inputs, self.selector.llm_layer, select, dtype)
 
     def _extract(self, inputs: dict[str, Any]) -> list[ImageTokens]:
-        key = _Memo.key_of(inputs)
-        if key and key == self._memo.key:
+        requires = _requires(self.scorer, self.selector)
+        key = (_Memo.key_of(inputs), requires)
+        if key[0] and key == self._memo.key:
             return self._memo.images
         dtype = self.config.torch_dtype(next(self.adapter.projector().parameters()).dtype)
-        requires = self.scorer.requires if self.scorer is not None else frozenset()
         images = self.adapter.extract(inputs, self._projector(dtype), dtype, requires)
         self._memo.key, self._memo.inputs, self._memo.images = key, list(inputs.values()), images
         self._memo.scores = {}
@@ -170,9 +181,14 @@ class PrunedModel:
             if scores is not None and tuple(scores.shape) != (n,):
                 raise PluginError(f"scorer {self.scorer.name!r} returned scores of shape {tuple(scores.shape)}, "
                                   f"expected ({n},)")
-            kept = self.selector.select(scores, tokens, k, ctx)
-            _check_kept(kept, n, k, self.selector.name)
-            selections.append(Selection(tokens.sample, tokens.image, n, kept.to(torch.long), scores, tokens.grid))
+            chosen = self.selector.select(scores, tokens, k, ctx)
+            merged = groups = None
+            if isinstance(chosen, Merge):
+                merged, groups = _check_merge(chosen, tokens, k, self.selector.name)
+                chosen = chosen.kept
+            _check_kept(chosen, n, k - (merged.shape[0] if merged is not None else 0), self.selector.name)
+            selections.append(Selection(tokens.sample, tokens.image, n, chosen.to(torch.long), scores, tokens.grid,
+                                        merged, groups))
         return selections
 
     @torch.no_grad()
@@ -190,7 +206,9 @@ class PrunedModel:
             return dict(inputs)
         self.last_selection = self._select(images)
         kept = [s.kept.to(images[i].model_embeddings.device) for i, s in enumerate(self.last_selection)]
-        return self.adapter.pruned_inputs(inputs, images, kept)
+        if all(s.merged is None for s in self.last_selection):
+            return self.adapter.pruned_inputs(inputs, images, kept)
+        return self.adapter.pruned_inputs(inputs, images, kept, merged=[s.merged for s in self.last_selection])
 
     def __call__(self, **inputs: Any) -> Any:
         """The model's forward pass on the pruned inputs (logits cover the pruned sequence)."""
@@ -228,6 +246,28 @@ class PrunedModel:
         return output
 
 
+def _requires(scorer: Scorer | None, selector: Selector) -> frozenset[str]:
+    """The extra signals the scorer and the selector ask the adapter for."""
+    return (scorer.requires if scorer is not None else frozenset()) | frozenset(selector.requires)
+
+
+def _check_merge(merge: Merge, tokens: ImageTokens, k: int,
+                 selector: str) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """A merging selector's merged tokens (M, d_l) in the model's dtype (None when M = 0) and its groups (N,),
+    checked."""
+    n, width = tokens.num_tokens, tokens.model_embeddings.shape[-1]
+    embeddings, groups = merge.embeddings, merge.groups
+    problem = None
+    if embeddings.ndim != 2 or embeddings.shape[1] != width or embeddings.shape[0] > k:
+        problem = f"merged tokens of shape {tuple(embeddings.shape)}, expected (M <= {k}, {width})"
+    elif tuple(groups.shape) != (n,) or groups.dtype.is_floating_point:
+        problem = f"groups of shape {tuple(groups.shape)} and dtype {groups.dtype}, expected ({n},) integers"
+    if problem:
+        raise PluginError(f"selector {selector!r} returned {problem}")
+    merged = embeddings.to(tokens.model_embeddings.dtype) if embeddings.shape[0] else None
+    return merged, groups.to(torch.long)
+
+
 def _check_kept(kept: torch.Tensor, n: int, k: int, selector: str) -> None:
     # a plugin's bug should surface here with its name, not as a shape error deep inside the language model
     problem = None
@@ -262,7 +302,17 @@ def prune(model: torch.nn.Module, config: PipelineConfig | dict | str | Path | N
     if selector_cls.stage == "in_llm" and scorer is not None:
         raise ConfigError(f"selector {selector_cls.name!r} ranks tokens inside the language model by its own "
                           f"signal; set `scorer: null` (it has {scorer.name!r})")
-    return PrunedModel(model, config, adapter, scorer, selector_cls(selector_config))
+    selector = selector_cls(selector_config)
+    if not frozenset(selector.requires) <= adapter.provides:
+        missing = ", ".join(sorted(frozenset(selector.requires) - adapter.provides))
+        raise ConfigError(f"selector {selector.name!r} needs {missing}, which adapter {adapter.name!r} cannot "
+                          f"provide")
+    if selector.merges and not adapter.places_merged:
+        raise ConfigError(f"selector {selector.name!r} merges tokens, and adapter {adapter.name!r} cannot place "
+                          f"merged tokens in the prompt; use a selector that only keeps tokens")
+    if selector.merges and selector.stage == "in_llm":
+        raise ConfigError(f"selector {selector.name!r}: merging inside the language model is not supported")
+    return PrunedModel(model, config, adapter, scorer, selector)
 
 
 def resolve_config(config: PipelineConfig | dict | str | Path | None = None, **overrides: Any) -> PipelineConfig:

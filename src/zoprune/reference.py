@@ -264,6 +264,9 @@ def _component_facts(kind: str, cls: type) -> str:
             facts.append("uses no scores (`scorer: null`)")
         if getattr(cls, "stage", "pre_llm") == "in_llm":
             facts.append("selects inside the language model")
+        if getattr(cls, "merges", False):
+            facts.append("merges tokens: the budget counts the kept and the merged ones, which adapters with "
+                         "`places_merged` put right after the kept ones")
     if kind == "adapter":
         if getattr(cls, "model_classes", ()):
             facts.append("model classes: " + ", ".join(f"`{c}`" for c in cls.model_classes))

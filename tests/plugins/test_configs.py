@@ -18,7 +18,7 @@ BUDGET = 4  # the tiny LLaVA has 16 tokens per image, fewer than the configs' 64
 
 def test_configs_exist():
     names = {path.stem for path in CONFIGS}
-    assert {"zoo_prune", "random", "uniform", "norm_topk", "divprune", "visionzip_dominant",
+    assert {"zoo_prune", "random", "uniform", "norm_topk", "divprune", "visionzip_dominant", "visionzip", "fastv",
             "ablation_sensitivity_only", "ablation_diversity_only", "ablation_sum_fusion"} <= names
 
 
@@ -36,7 +36,7 @@ def test_config_loads_and_generates(path, model):
     output = pruned.generate(**inputs, max_new_tokens=2, do_sample=False)
     assert output.shape == (2, inputs["input_ids"].shape[1] + 2)
     assert torch.equal(output[:, :inputs["input_ids"].shape[1]], inputs["input_ids"])
-    assert [s.kept.numel() for s in pruned.last_selection] == [BUDGET] * 3
+    assert [s.num_kept for s in pruned.last_selection] == [BUDGET] * 3  # kept + merged tokens
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)

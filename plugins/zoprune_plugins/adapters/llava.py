@@ -3,6 +3,11 @@
 The kept tokens go to the language model through transformers' own ``mm_encoder_outputs`` argument, together with
 ``input_ids`` from which the dropped tokens' placeholders are removed; every other token and the attention
 mask are untouched, so with every token kept the model computes exactly what it computes unpruned.
+
+Merged tokens (from a merging selector such as ``visionzip``) take placeholders of dropped tokens: the image keeps
+``len(kept) + M`` placeholders and the model fills them in order with the kept tokens' embeddings followed by the
+merged ones, so the merged tokens sit right after the image's kept tokens (VisionZip's layout). Placeholders are
+all alike and the language model numbers positions after the pruning, so which placeholders stay does not matter.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from zoprune import ImageTokens, InputError, ModelAdapter, hookimpl
 from zoprune_plugins.adapters.common import drop_columns, pad_token_id, require_input_ids
 from zoprune_plugins.adapters.llm_pruning import ImageColumns, InsideLLM
-from zoprune_plugins.adapters.vision_attention import cls_attention, encoder_layers
+from zoprune_plugins.adapters.vision_attention import cls_attention, encoder_layers, mean_keys
 
 
 class LlavaAdapter(ModelAdapter):
@@ -25,7 +30,8 @@ class LlavaAdapter(ModelAdapter):
 
     name = "llava"
     model_classes = ("LlavaForConditionalGeneration",)
-    provides = frozenset({"cls_attention"})
+    provides = frozenset({"cls_attention", "vision_keys"})
+    places_merged = True
 
     @property
     def _inner(self):
@@ -65,16 +71,32 @@ class LlavaAdapter(ModelAdapter):
         Computed from the hidden state entering that layer, so it is the row eager attention would return, with
         the model left on its own attention implementation.
         """
-        layers, strategy = self._feature_layers(inputs)
+        attention = torch.stack(self._per_feature_layer(inputs, outputs, cls_attention)).mean(dim=0)  # (I, T)
+        return attention[:, 1:] if self._feature_layers(inputs)[1] == "default" else attention
+
+    def vision_keys(self, inputs: dict[str, Any], outputs: Any) -> torch.Tensor:
+        """Keys of the layer(s) the features come from, mean over heads (concatenated over the layers when several
+        are): (num_images, N, head_dim * layers), the model's dtype. VisionZip merges tokens by their cosine."""
+        keys = torch.cat(self._per_feature_layer(inputs, outputs, mean_keys), dim=-1)  # (I, T, hd * layers)
+        return keys[:, 1:] if self._feature_layers(inputs)[1] == "default" else keys
+
+    def _per_feature_layer(self, inputs: dict[str, Any], outputs: Any,
+                           compute: Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]) -> list[torch.Tensor]:
+        """``compute(block, hidden state entering it)`` for the encoder block producing each feature layer."""
+        layers, _ = self._feature_layers(inputs)
         blocks = encoder_layers(self._inner.vision_tower)
-        rows = []
+        out = []
         for layer in layers:
             index = layer % len(outputs.hidden_states)  # hidden_states[i] is the output of blocks[i - 1]
             if index == 0:
-                raise InputError("[CLS] attention needs features from an encoder layer, not the embeddings")
-            rows.append(cls_attention(blocks[index - 1], outputs.hidden_states[index - 1]))  # (I, T)
-        attention = torch.stack(rows).mean(dim=0)
-        return attention[:, 1:] if strategy == "default" else attention
+                raise InputError("[CLS] attention and keys need features from an encoder layer, not the embeddings")
+            out.append(compute(blocks[index - 1], outputs.hidden_states[index - 1]))
+        return out
+
+    def signals(self, inputs: dict[str, Any], outputs: Any, extras: frozenset[str]) -> dict[str, torch.Tensor]:
+        """The extras asked for, each (num_views, N, ...) in the order of ``pixel_values``."""
+        compute = {"cls_attention": self.cls_attention, "vision_keys": self.vision_keys}
+        return {name: compute[name](inputs, outputs) for name in extras if name in compute}
 
     def extract(self, inputs: dict[str, Any], projector: Callable[[torch.Tensor], torch.Tensor],
                 dtype: torch.dtype, extras: frozenset[str] = frozenset()) -> list[ImageTokens]:
@@ -88,7 +110,7 @@ class LlavaAdapter(ModelAdapter):
             return []
         outputs = self.vision_outputs(inputs)
         features = self.vision_features(inputs, outputs)  # (I, N, d_v) in the model's dtype
-        signals = {"cls_attention": self.cls_attention(inputs, outputs)} if "cls_attention" in extras else {}
+        signals = self.signals(inputs, outputs, extras)  # name -> (I, N, ...)
         model_embeddings = self.projector()(features)  # (I, N, d_l), exactly as the unpruned forward computes them
         num_images, n = features.shape[:2]
         per_sample = self._images_per_sample(placeholders, n, num_images)
@@ -121,22 +143,28 @@ class LlavaAdapter(ModelAdapter):
                              f"{num_images}")
         return counts
 
-    def pruned_inputs(self, inputs: dict[str, Any], images: list[ImageTokens],
-                      kept: list[torch.Tensor]) -> dict[str, Any]:
+    def pruned_inputs(self, inputs: dict[str, Any], images: list[ImageTokens], kept: list[torch.Tensor],
+                      merged: list[torch.Tensor | None] | None = None) -> dict[str, Any]:
         input_ids = inputs["input_ids"]  # (B, L)
+        merged = merged if merged is not None else [None] * len(images)
         drop = torch.zeros_like(input_ids, dtype=torch.bool)
-        for tokens, indices in zip(images, kept):
+        features = []
+        for tokens, indices, extra in zip(images, kept, merged):
             positions = image_positions(input_ids[tokens.sample], self.image_token_id, tokens.num_tokens,
                                         tokens.image)  # (N,)
             dropped = torch.ones(tokens.num_tokens, dtype=torch.bool, device=input_ids.device)
             dropped[indices.to(input_ids.device)] = False
+            embeddings = tokens.model_embeddings[indices]  # (k, d_l)
+            if extra is not None:  # M dropped placeholders stay for the merged tokens (see the module docstring)
+                dropped[dropped.nonzero().squeeze(-1)[:extra.shape[0]]] = False
+                embeddings = torch.cat([embeddings, extra.to(embeddings.device)])  # (k + M, d_l)
             drop[tokens.sample, positions[dropped]] = True
+            features.append(embeddings)
         pruned = {key: value for key, value in inputs.items()
                   if key not in ("pixel_values", "image_sizes", "vision_feature_layer",
                                  "vision_feature_select_strategy")}
         pruned.update(drop_columns(inputs, drop, pad_id=pad_token_id(self.model)))
-        pruned["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(
-            pooler_output=[t.model_embeddings[k] for t, k in zip(images, kept)])}
+        pruned["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=features)}
         return pruned
 
     def inside_llm(self, inputs: dict[str, Any], layer: int,
@@ -145,9 +173,20 @@ class LlavaAdapter(ModelAdapter):
         passed to ``select`` carry ``extras["llm_attention"]`` (attention of the prompt's last token in layer
         ``layer - 1``, mean over heads) and ``extras["llm_attention_text"]`` (the same, averaged over the prompt's
         text tokens)."""
-        if type(self.model).__name__ not in LlavaAdapter.model_classes:  # subclasses (LLaVA-NeXT): other layouts
-            return super().inside_llm(inputs, layer, select, dtype)
         input_ids = require_input_ids(inputs)
+        images, always, never = self.llm_columns(inputs, input_ids)
+        if not images:  # text only: nothing to prune
+            return contextlib.nullcontext()
+        language_model = self._inner.language_model
+        return InsideLLM(language_model.layers, layer, images, inputs.get("attention_mask"), input_ids.shape[1],
+                         input_ids.shape[0], select, dtype, language_model.config._attn_implementation,
+                         always=always, never=never)
+
+    def llm_columns(self, inputs: dict[str, Any], input_ids: torch.Tensor
+                    ) -> tuple[list[ImageColumns], torch.Tensor | None, torch.Tensor | None]:
+        """Where each image's tokens sit in the language model's input, found from the placeholders alone (no
+        vision tower), and the visual columns no entry covers: (B, L) bool of those always kept and of those
+        always dropped (None: there are none)."""
         placeholders = (input_ids == self.image_token_id).sum(dim=1)
         n = tokens_per_image(self.model, self._feature_layers(inputs)[1])
         num_images = int(inputs["pixel_values"].shape[0]) if inputs.get("pixel_values") is not None else 0
@@ -157,11 +196,7 @@ class LlavaAdapter(ModelAdapter):
         images = [ImageColumns(sample, image, image_positions(input_ids[sample], self.image_token_id, n, image))
                   for sample, count in enumerate(self._images_per_sample(placeholders, n, num_images))
                   for image in range(count)]
-        if not images:  # text only: nothing to prune
-            return contextlib.nullcontext()
-        language_model = self._inner.language_model
-        return InsideLLM(language_model.layers, layer, images, inputs.get("attention_mask"), input_ids.shape[1],
-                         input_ids.shape[0], select, dtype, language_model.config._attn_implementation)
+        return images, None, None
 
 
 def tokens_per_image(model: torch.nn.Module, strategy: str) -> int:

@@ -18,6 +18,13 @@ Budget policies (``adapter: {name: llava_next, budget_policy: ...}``):
 * ``per_tile``: one ImageTokens per view (the base, then each crop in raster order), the image's budget split
   evenly between them (a view with fewer tokens than its share keeps all, the rest goes to the others; at least one
   token per view). This is the authors' choice for LLaVA-NeXT: selection and score normalisation run per view.
+
+Merged tokens (a merging selector such as ``visionzip``) go at the end of their image's run of placeholders, after
+all its kept tokens and newlines, in entry order (under ``per_tile``: the base view's, then each crop's).
+
+Pruning inside the language model (FastV, ``inside_llm``) uses the same entries and policies, found from
+``image_sizes`` and the placeholders without running the vision tower; newline tokens are kept or dropped by the
+``newlines`` option there too.
 """
 
 from __future__ import annotations
@@ -27,13 +34,15 @@ from typing import Any, Callable, Literal
 
 import torch
 from pydantic import Field
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
 
 from zoprune import Budget, ComponentConfig, ImageTokens, InputError, hookimpl
 from zoprune_plugins.adapters.common import (ViewTokens, VisualInput, assign_to_prompts, drop_columns, drop_mask,
                                              encoder_outputs, kept_per_input, pad_token_id, placeholder_columns,
                                              require_input_ids, shared_budgets, strip)
-from zoprune_plugins.adapters.llava import LlavaAdapter
+from zoprune_plugins.adapters.llava import LlavaAdapter, tokens_per_image
+from zoprune_plugins.adapters.llm_pruning import ImageColumns
 
 _VISION_KEYS = ("pixel_values", "image_sizes", "vision_feature_layer", "vision_feature_select_strategy")
 
@@ -70,24 +79,19 @@ class LlavaNextAdapter(LlavaAdapter):
         if image_sizes is None:
             raise InputError("LLaVA-NeXT inputs need `image_sizes` next to `pixel_values` (the processor returns it)")
         config = self.model.config
-        views = [image_size_to_num_patches(size, config.image_grid_pinpoints, config.vision_config.image_size)
-                 for size in image_sizes]  # base + crops, per image
+        views = self._views(image_sizes)  # base + crops, per image
         if pixel_values.dim() == 5:  # (I, max views, C, H, W), zero-padded per image: as get_image_features does
             pixel_values = torch.cat([pv[:v] for pv, v in zip(pixel_values, views)], dim=0)
         flat_inputs = {**inputs, "pixel_values": pixel_values}
         outputs = self.vision_outputs(flat_inputs)
         features = self.vision_features(flat_inputs, outputs)  # (P, n, d_v), P = sum(views)
-        signals = {"cls_attention": self.cls_attention(flat_inputs, outputs).reshape(-1)} \
-            if "cls_attention" in extras else {}  # per view's [CLS], (P*n,)
+        signals = {name: value.flatten(0, 1) for name, value in self.signals(flat_inputs, outputs, extras).items()}
         projected = self.projector()(features)  # (P, n, d_l), the same call on the same tensor as the model's
         n = features.shape[1]
         strategy = inputs.get("vision_feature_select_strategy") or config.vision_feature_select_strategy
         packed, _ = self._inner.pack_image_features(list(torch.split(projected, views)), image_sizes, strategy,
                                                     image_newline=self._inner.image_newline)  # [(L_i, d_l)]
-        # the same packing applied to token indices says where each packed token came from (-1: newline)
-        index = torch.arange(features.shape[0] * n, device=features.device).view(-1, n, 1)
-        sources, _ = self._inner.pack_image_features(list(torch.split(index, views)), image_sizes, strategy,
-                                                     image_newline=torch.tensor([-1], device=features.device))
+        sources = self._sources(views, n, image_sizes, strategy, features.device)
         lengths = [p.shape[0] for p in packed]
         owners = assign_to_prompts(counts, lengths, "image")
         columns = placeholder_columns(input_ids, self.image_token_id, owners, lengths)
@@ -124,20 +128,74 @@ class LlavaNextAdapter(LlavaAdapter):
             first_view += views[i]
         return images
 
+    def _views(self, image_sizes: torch.Tensor) -> list[int]:
+        """Views (base + crops) of each image, from its original size."""
+        config = self.model.config
+        return [image_size_to_num_patches(size, config.image_grid_pinpoints, config.vision_config.image_size)
+                for size in image_sizes]
+
+    def _sources(self, views: list[int], n: int, image_sizes: torch.Tensor, strategy: str,
+                 device: torch.device) -> list[torch.Tensor]:
+        """Per image, (L_i, 1) long: the flat index (view * n + token) each packed token comes from, -1 for newline
+        tokens. It is the model's own packing applied to token indices, so it cannot drift from the model's."""
+        index = torch.arange(sum(views) * n, device=device).view(-1, n, 1)
+        sources, _ = self._inner.pack_image_features(list(torch.split(index, views)), image_sizes, strategy,
+                                                     image_newline=torch.tensor([-1], device=device))
+        return sources
+
     def token_budgets(self, budget: Budget, images: list[ImageTokens]) -> list[int]:
         return shared_budgets(budget, images, split=self.config.budget_policy == "per_tile")
 
-    def pruned_inputs(self, inputs: dict[str, Any], images: list[ImageTokens],
-                      kept: list[torch.Tensor]) -> dict[str, Any]:
+    def pruned_inputs(self, inputs: dict[str, Any], images: list[ImageTokens], kept: list[torch.Tensor],
+                      merged: list[torch.Tensor | None] | None = None) -> dict[str, Any]:
         per_input = kept_per_input(images, kept)
         input_ids = inputs["input_ids"]
         per_token = {key: value for key, value in inputs.items()
                      if isinstance(value, torch.Tensor) and value.shape[:2] == input_ids.shape
                      and key not in _VISION_KEYS}
         pruned = strip(inputs, _VISION_KEYS)
+        outputs = encoder_outputs(per_input)
+        if merged is not None and any(m is not None for m in merged):
+            per_input, outputs = append_merged(per_input, outputs, images, merged)
         pruned.update(drop_columns(per_token, drop_mask(input_ids, per_input), pad_id=pad_token_id(self.model)))
-        pruned["mm_encoder_outputs"] = encoder_outputs(per_input)
+        pruned["mm_encoder_outputs"] = outputs
         return pruned
+
+    def llm_columns(self, inputs: dict[str, Any], input_ids: torch.Tensor
+                    ) -> tuple[list[ImageColumns], torch.Tensor | None, torch.Tensor | None]:
+        counts = (input_ids == self.image_token_id).sum(dim=1)  # (B,)
+        image_sizes = inputs.get("image_sizes")
+        if inputs.get("pixel_values") is None or image_sizes is None:
+            if int(counts.sum()):
+                raise InputError(f"the prompts hold {int(counts.sum())} image placeholder tokens (id "
+                                 f"{self.image_token_id}) but no `pixel_values` and `image_sizes` were given")
+            return [], None, None
+        strategy = inputs.get("vision_feature_select_strategy") or self.model.config.vision_feature_select_strategy
+        n = tokens_per_image(self.model, strategy)
+        views = self._views(image_sizes)
+        sources = [s.squeeze(-1) for s in self._sources(views, n, image_sizes, strategy, input_ids.device)]
+        lengths = [s.shape[0] for s in sources]
+        owners = assign_to_prompts(counts, lengths, "image")
+        columns = placeholder_columns(input_ids, self.image_token_id, owners, lengths)
+        newlines = torch.zeros_like(input_ids, dtype=torch.bool)  # (B, L)
+        entries: list[ImageColumns] = []
+        image_in_prompt: dict[int, int] = {}
+        first_view = 0
+        for i, (source, cols) in enumerate(zip(sources, columns)):
+            whole = object()  # the image's views share its budget under per_tile (token_budgets groups by it)
+            newline = source < 0  # (L_i,)
+            newlines[owners[i], cols[newline]] = True
+            image = image_in_prompt.get(owners[i], 0)
+            image_in_prompt[owners[i]] = image + 1
+            view_of = torch.where(newline, -1, source // n - first_view)
+            first_view += views[i]
+            groups = [~newline] if self.config.budget_policy == "global" or views[i] == 1 else \
+                [view_of == v for v in range(views[i])]
+            for v, members in enumerate(groups):
+                if bool(members.any()):  # a crop that covers only padding has no tokens at all
+                    entries.append(ImageColumns(owners[i], image, cols[members], source=whole, view=v))
+        keep = self.config.newlines == "keep"
+        return entries, (newlines if keep else None), (None if keep else newlines)
 
 
 def _grid(positions: torch.Tensor, view_of: torch.Tensor, row_of: torch.Tensor, n: int,
@@ -152,6 +210,26 @@ def _grid(positions: torch.Tensor, view_of: torch.Tensor, row_of: torch.Tensor, 
         return (side, side) if side * side == count else None
     rows = int(torch.unique(row_of[positions]).numel())
     return (rows, count // rows) if count % rows == 0 else None
+
+
+def append_merged(per_input: list[tuple[VisualInput, torch.Tensor]], outputs: dict[str, Any],
+                  images: list[ImageTokens], merged: list[torch.Tensor | None]) -> tuple[list, dict[str, Any]]:
+    """Place each entry's merged tokens (M, d_l) at the end of its input's embeddings and keep as many more of its
+    placeholders (the first dropped ones: placeholders are alike and positions are renumbered after pruning)."""
+    extra: dict[int, list[torch.Tensor]] = {}
+    for tokens, tokens_merged in zip(images, merged):
+        if tokens_merged is not None:
+            extra.setdefault(id(tokens.source), []).append(tokens_merged)
+    placed = []
+    embeddings = list(outputs["image"].pooler_output)  # per input, in the order of per_input
+    for i, (source, keep) in enumerate(per_input):
+        if id(source) in extra:
+            added = torch.cat(extra[id(source)])  # (M, d_l)
+            keep = keep.clone()
+            keep[(~keep).nonzero().squeeze(-1)[:added.shape[0]]] = True
+            embeddings[i] = torch.cat([embeddings[i], added.to(embeddings[i].device)])
+        placed.append((source, keep))
+    return placed, {**outputs, "image": BaseModelOutputWithPooling(pooler_output=embeddings)}
 
 
 @hookimpl

@@ -1,7 +1,8 @@
 """Pruning visual tokens inside a decoder-only language model (FastV's hook point), on stock transformers layers.
 
 :class:`InsideLLM` is a context manager that puts forward pre-hooks on the decoder layers of a Llama-style language
-model (``layers[i]`` with ``input_layernorm`` and ``self_attn.{q_proj, k_proj}``; LlamaModel, Qwen2Model):
+model (``layers[i]`` with ``input_layernorm`` and ``self_attn.{q_proj, k_proj}``; LlamaModel, Qwen2Model, the
+Qwen2-VL / Qwen2.5-VL text models):
 
 * layers ``0 .. K-1`` run unchanged on every token;
 * before layer ``K-1`` runs in the prefill, the attention its text queries pay every key is computed from the
@@ -11,6 +12,11 @@ model (``layers[i]`` with ``input_layernorm`` and ``self_attn.{q_proj, k_proj}``
 * a pre-hook on layer ``K`` gathers the kept columns of the hidden states (each prompt keeps its text and its kept
   image tokens in order, re-padded on the left to one width); every layer ``>= K`` gets the matching rows and
   columns of the 4D mask and the position embeddings of the kept tokens' *original* positions.
+
+Positions are whatever the model computed for the unpruned input: the hooks only gather the (cos, sin) it hands
+every layer, per column, so 3-D M-RoPE (Qwen2-VL / Qwen2.5-VL, whose rotary embedding already recombines the
+temporal, height and width sections per column) needs nothing more, and decode steps keep the model's own positions
+and rope deltas.
 
 Layers ``>= K`` therefore compute on, and cache, the kept tokens only, while layers ``< K`` cache every token. In
 the decode steps of ``generate`` the model builds its mask against layer 0's (full) cache; the hooks give layers
@@ -27,17 +33,22 @@ from typing import Any, Callable
 import torch
 
 from zoprune import ImageTokens, InputError, UnsupportedModelError
+from zoprune_plugins.adapters.common import ViewTokens
 
 SUPPORTED_ATTENTION = ("eager", "sdpa")
 
 
 @dataclass
 class ImageColumns:
-    """Where one image's N tokens sit in the language model's input: prompt ``sample``, columns (N,)."""
+    """Where one image's N tokens (or one view's, one frame's) sit in the language model's input: prompt
+    ``sample``, columns (N,). Entries with the same ``source`` object share one budget when the adapter splits
+    budgets (``token_budgets``); ``view`` numbers them."""
 
     sample: int
     image: int
-    columns: torch.Tensor
+    columns: torch.Tensor  # (N,) long
+    source: Any = None  # the image or video this entry is part of (None: the entry is the whole of it)
+    view: int = 0
 
 
 def check_decoder_layer(layer: torch.nn.Module) -> None:
@@ -105,12 +116,15 @@ class InsideLLM:
 
     ``layers``: the language model's decoder layers; ``k``: the first layer that sees only kept tokens (1 <= k <
     len(layers)); ``images``: every image's columns, in batch order; ``attention_mask``: the (B, L) padding mask of
-    the inputs (None: no padding); ``select(images) -> kept`` is called once, in the prefill.
+    the inputs (None: no padding); ``select(images) -> kept`` is called once, in the prefill. ``always`` and
+    ``never`` (B, L) bool mark visual columns that no entry scores (LLaVA-NeXT's newline tokens): kept whatever
+    the selection, or dropped whatever it; neither kind counts as text for the ``llm_attention_text`` queries.
     """
 
     def __init__(self, layers: torch.nn.ModuleList, k: int, images: list[ImageColumns],
                  attention_mask: torch.Tensor | None, input_length: int, batch: int,
-                 select: Callable[[list[ImageTokens]], list[torch.Tensor]], dtype: torch.dtype, implementation: str):
+                 select: Callable[[list[ImageTokens]], list[torch.Tensor]], dtype: torch.dtype, implementation: str,
+                 always: torch.Tensor | None = None, never: torch.Tensor | None = None):
         if implementation not in SUPPORTED_ATTENTION:
             raise UnsupportedModelError(
                 f"pruning inside the language model needs eager or sdpa attention, not {implementation!r}; load "
@@ -118,8 +132,13 @@ class InsideLLM:
         if not 1 <= k < len(layers):
             raise InputError(f"layer {k} is outside the language model's 1..{len(layers) - 1} decoder layers")
         check_decoder_layer(layers[k - 1])
+        if any(getattr(getattr(layer, "self_attn", None), "sliding_window", None) for layer in layers):
+            # such layers get their own (sliding) mask, which the hooks would replace with the full one
+            raise UnsupportedModelError("pruning inside the language model does not support sliding-window "
+                                        "attention layers")
         self.layers, self.k, self.images, self.select = layers, k, images, select
         self.padding = attention_mask.bool() if attention_mask is not None else None
+        self.always, self.never = always, never  # (B, L) bool or None
         self.length, self.batch, self.dtype, self.implementation = input_length, batch, dtype, implementation
         self.handles: list[Any] = []
         self.index: torch.Tensor | None = None  # (B', W) long: columns of the full sequence kept, per row
@@ -188,7 +207,9 @@ class InsideLLM:
         is_image = torch.zeros(self.batch, length, dtype=torch.bool, device=device)
         for entry in self.images:
             is_image[entry.sample, entry.columns.to(device)] = True
-        text = padding & ~is_image
+        never = self.never.to(device) if self.never is not None else torch.zeros_like(is_image)
+        always = self.always.to(device) if self.always is not None else torch.zeros_like(is_image)
+        text = padding & ~is_image & ~never & ~always
         last = torch.where(padding, torch.arange(length, device=device), -1).max(dim=1).values  # (B,)
         # queries: the last real token, then every text token (padded with the last one)
         counts = text.sum(dim=1)
@@ -209,14 +230,15 @@ class InsideLLM:
         for entry in self.images:
             columns = entry.columns.to(device)
             states = hidden[first[entry.sample], columns]
-            tokens.append(ImageTokens(
+            tokens.append(ViewTokens(
                 features=states.to(self.dtype), embeddings=states.to(self.dtype), model_embeddings=states,
                 projector=lambda x: x, sample=entry.sample, image=entry.image, grid=None,
                 extras={"llm_attention": last_row[entry.sample, columns],
-                        "llm_attention_text": text_mean[entry.sample, columns]}))
+                        "llm_attention_text": text_mean[entry.sample, columns]},
+                view=entry.view, source=entry.source))
         kept = self.select(tokens)
 
-        keep = padding.clone()
+        keep = padding & ~never
         for entry, indices in zip(self.images, kept):
             dropped = torch.ones(entry.columns.numel(), dtype=torch.bool, device=device)
             dropped[indices.to(device)] = False

@@ -23,10 +23,17 @@ video_policy: per_video | per_frame}``): ``per_video`` (default) selects across 
 (each slice covers ``temporal_patch_size`` frames) and splits the video's budget evenly between them.
 ``ImageTokens.image`` numbers a prompt's images and videos together, in order of appearance; ``view`` is the
 temporal slice under ``per_frame``.
+
+**Inside the language model** (FastV, ``inside_llm``): the model runs on the unpruned inputs, so it computes the
+full prompt's 3-D positions and its ``rope_deltas`` itself; layers from K on get the rotary embeddings of the kept
+columns (kept tokens keep their original positions), and decode steps continue from the full prompt's rope deltas,
+exactly as unpruned. Entries and budgets are those above (images, videos, ``video_policy``), found from the
+placeholders and ``*_grid_thw`` without running the vision tower.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Callable, Literal
 
 import torch
@@ -37,6 +44,7 @@ from zoprune import Budget, ComponentConfig, ImageTokens, InputError, ModelAdapt
 from zoprune_plugins.adapters.common import (ViewTokens, VisualInput, assign_to_prompts, drop_columns, drop_mask,
                                              encoder_outputs, kept_per_input, pad_token_id, placeholder_columns,
                                              require_input_ids, shared_budgets, strip)
+from zoprune_plugins.adapters.llm_pruning import ImageColumns, InsideLLM
 
 _VISION_KEYS = ("pixel_values", "pixel_values_videos", "image_grid_thw", "video_grid_thw", "second_per_grid_ts",
                 "position_ids", "rope_deltas")
@@ -191,6 +199,51 @@ class Qwen2VLAdapter(ModelAdapter):
         pruned["position_ids"] = torch.cat([text[None], rope], dim=0)  # (4, B, L')
         pruned["mm_encoder_outputs"] = encoder_outputs(per_input)
         return pruned
+
+
+    def inside_llm(self, inputs: dict[str, Any], layer: int,
+                   select: Callable[[list[ImageTokens]], list[torch.Tensor]], dtype: torch.dtype) -> Any:
+        """FastV's hook point on the Qwen2 language model (see ``llm_pruning.InsideLLM`` and the module
+        docstring); ``select`` gets ``extras["llm_attention"]`` and ``extras["llm_attention_text"]`` per entry."""
+        input_ids = require_input_ids(inputs)
+        images = self.llm_columns(inputs, input_ids)
+        if not images:  # text only: nothing to prune
+            return contextlib.nullcontext()
+        language_model = self._inner.language_model
+        return InsideLLM(language_model.layers, layer, images, inputs.get("attention_mask"), input_ids.shape[1],
+                         input_ids.shape[0], select, dtype, language_model.config._attn_implementation)
+
+    def llm_columns(self, inputs: dict[str, Any], input_ids: torch.Tensor) -> list[ImageColumns]:
+        """The entries ``extract`` would emit, as columns of the prompt: per image, per video or per temporal
+        slice, numbered per prompt in order of appearance."""
+        merge = self._inner.visual.spatial_merge_size
+        found: list[tuple[int, int, int, ImageColumns]] = []  # (sample, first column, slice, entry)
+        for kind, pixel_key, grid_key in _KINDS:
+            token_id = self._token_ids()[kind]
+            counts = (input_ids == token_id).sum(dim=1)  # (B,)
+            grid_thw = inputs.get(grid_key)
+            if inputs.get(pixel_key) is None or grid_thw is None:
+                if int(counts.sum()):
+                    raise InputError(f"the prompts hold {int(counts.sum())} {kind} placeholder tokens (id "
+                                     f"{token_id}) but no `{pixel_key}` and `{grid_key}` were given")
+                continue
+            lengths = [t * h * w // merge ** 2 for t, h, w in grid_thw.tolist()]
+            owners = assign_to_prompts(counts, lengths, kind)
+            columns = placeholder_columns(input_ids, token_id, owners, lengths)
+            for i, (cols, (t, _, _)) in enumerate(zip(columns, grid_thw.tolist())):
+                whole = object()  # a video's slices share its budget under per_frame (token_budgets groups by it)
+                slices = t if kind == "video" and self.config.video_policy == "per_frame" else 1
+                size = cols.numel() // slices
+                for v in range(slices):
+                    entry = ImageColumns(owners[i], 0, cols[v * size:(v + 1) * size], source=whole, view=v)
+                    found.append((owners[i], int(cols[0]), v, entry))
+        found.sort(key=lambda item: item[:3])
+        counter: dict[int, int] = {}
+        for sample, _, v, entry in found:
+            if v == 0:
+                counter[sample] = counter.get(sample, -1) + 1
+            entry.image = counter[sample]
+        return [entry for *_, entry in found]
 
 
 class Qwen2_5_VLAdapter(Qwen2VLAdapter):

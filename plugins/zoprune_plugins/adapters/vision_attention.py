@@ -1,4 +1,5 @@
-"""The attention a ViT's [CLS] token pays the patches in one encoder layer, computed from the layer's own weights.
+"""The attention a ViT's [CLS] token pays the patches in one encoder layer, and that layer's keys, computed from the
+layer's own weights.
 
 SDPA and flash kernels return no attention weights, and asking the model for them means reloading it with eager
 attention. The [CLS] row needs far less: the hidden state entering the layer (which ``output_hidden_states``
@@ -41,3 +42,18 @@ def cls_attention(layer: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     # softmax in float32 as eager attention does, whatever the model's dtype
     logits = (query @ keys.transpose(-1, -2)).float() * attn.scale  # (B, H, 1, T)
     return logits.softmax(dim=-1)[:, :, 0].mean(dim=1)  # (B, T)
+
+
+def mean_keys(layer: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """The layer's attention keys of all T tokens, averaged over heads: (B, T, d) -> (B, T, head_dim).
+
+    VisionZip's similarity metric for merging: the keys (before any scaling or rotary embedding; CLIP has none)
+    of the layer whose output is the feature layer, the same layer :func:`cls_attention` reads.
+    """
+    attn = getattr(layer, "self_attn", None)
+    norm = getattr(layer, "layer_norm1", None)
+    if attn is None or norm is None or not all(hasattr(attn, a) for a in ("k_proj", "head_dim")):
+        raise InputError(f"{type(layer).__name__} is not a CLIP-style encoder layer (layer_norm1, self_attn with "
+                         "k_proj); its keys cannot be computed for this vision tower")
+    batch, length = hidden.shape[:2]
+    return attn.k_proj(norm(hidden)).view(batch, length, -1, attn.head_dim).mean(dim=2)  # (B, T, hd)

@@ -68,9 +68,9 @@ def prompt_text(processor: Any, prompt: str, images: int = 1) -> str:
     return f"{token * images}\n{prompt}"
 
 
-def pipeline_config(config: str | None, keep: int | None = None, ratio: float | None = None,
+def pipeline_config(config: str | PipelineConfig | None, keep: int | None = None, ratio: float | None = None,
                     **overrides: Any) -> PipelineConfig:
-    """The config file (or the defaults) with the command-line overrides applied."""
+    """The config (a file, a config, or the defaults) with the command-line overrides applied."""
     from zoprune.pipeline import resolve_config
 
     if keep is not None and ratio is not None:

@@ -10,7 +10,8 @@ import torch
 import typer
 
 from zoprune.cli.app import app, console, friendly_errors
-from zoprune.cli.loading import load_image, load_model, pipeline_config, prompt_text
+from zoprune.cli.loading import load_image, load_model, pipeline_config, prompt_text, resolve_method
+from zoprune.errors import ZopruneError
 
 
 @app.command()
@@ -20,6 +21,8 @@ def run(
     prompt: str = typer.Option(..., "--prompt", help="the question or instruction"),
     model: Optional[str] = typer.Option(None, "--model", help="checkpoint directory or hub id [default: shipped]"),
     config: Optional[Path] = typer.Option(None, "--config", help="pipeline config (YAML, TOML or JSON)"),
+    method: Optional[str] = typer.Option(None, "--method", "-m", help="method name (`zoprune plugins` lists them), "
+                                         "selector or SCORER+SELECTOR, instead of --config"),
     keep: Optional[int] = typer.Option(None, "--keep", help="visual tokens kept per image (overrides the config)"),
     ratio: Optional[float] = typer.Option(None, "--ratio", help="fraction of visual tokens kept, in (0, 1]"),
     max_new_tokens: int = typer.Option(32, "--max-new-tokens", min=1),
@@ -30,7 +33,10 @@ def run(
     """Answer PROMPT about IMAGE with the visual tokens pruned; print the answer, tokens kept and time."""
     import zoprune
 
-    cfg = pipeline_config(str(config) if config else None, keep=keep, ratio=ratio)
+    if config is not None and method is not None:
+        raise ZopruneError("give --config or --method, not both")
+    source = resolve_method(method)[1] if method is not None else str(config) if config else None
+    cfg = pipeline_config(source, keep=keep, ratio=ratio)
     picture = load_image(image)
     with console.status("loading model"):
         hf_model, processor = load_model(model, dtype=dtype, device=device)
@@ -44,7 +50,7 @@ def run(
     elapsed = time.perf_counter() - start
     answer = processor.batch_decode(output[:, length:], skip_special_tokens=True)[0].strip()
     selection = pruned.last_selection
-    kept = sum(s.kept.numel() for s in selection)
+    kept = sum(s.num_kept for s in selection)
     total = sum(s.num_tokens for s in selection)
 
     console.print(f"[bold]answer:[/] {answer}", highlight=False)

@@ -52,7 +52,7 @@ def show(
         if selection.grid is None:
             raise ZopruneError(f"the image's {selection.num_tokens} tokens do not form a patch grid to draw")
         panels.append((label, answer, selection))
-        console.print(f"{label}: kept {selection.kept.numel()} / {selection.num_tokens}, answer: {answer}",
+        console.print(f"{label}: kept {selection.num_kept} / {selection.num_tokens}, answer: {answer}",
                       highlight=False)
     seen = model_view(inputs["pixel_values"][0], processor)
     draw_panels(seen, panels, out, title=prompt)
