@@ -1,19 +1,22 @@
 """Time and peak extra RSS of coverage_select keeping 10% of N = 16,384 tokens, d = 4096 and 3584.
 
-    python benchmarks/coverage_scale.py
+    OMP_NUM_THREADS=1 python benchmarks/coverage_scale.py [--dense]
+
+Threads: whatever torch uses in this process (set OMP_NUM_THREADS; the selector never changes it). On cores shared
+with other work use 1 thread: every multi-threaded op then waits for a core (docs/speed.md). ``--dense`` also times
+the one-pass-per-pick reference loop (~30 s per case) and checks that the picks are identical.
 """
+import argparse
+import gc
 import sys
+import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "tests" / "plugins" / "selectors"))
-import gc
-import time
-
 import torch
-from test_coverage_scale import vlm_like
-from zoprune_plugins.selectors.coverage import coverage_select
 
-
+sys.path.insert(0, str(Path(__file__).parents[1] / "tests" / "plugins" / "selectors"))
+from test_coverage_scale import vlm_like  # noqa: E402
+from zoprune_plugins.selectors.coverage import coverage_select, coverage_select_dense  # noqa: E402
 
 
 def rss(key):
@@ -22,17 +25,29 @@ def rss(key):
             return int(line.split()[1]) / 1024
 
 
+parser = argparse.ArgumentParser()
+parser.add_argument("--dense", action="store_true")
+parser.add_argument("--repeats", type=int, default=2)
+parser.add_argument("--widths", default="4096,3584")
+args = parser.parse_args()
 n = 16384
-for d in (4096, 3584):
+print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+for d in (int(w) for w in args.widths.split(",")):
     for kind in ("vlm", "gaussian"):
         g = torch.Generator().manual_seed(0)
-        z = vlm_like(n, d, 0, clusters=64) if kind == "vlm" else torch.randn(n, d, generator=g)
+        z = vlm_like(n, d, 0, clusters=64) if kind == "vlm" else torch.randn(n, d, generator=g)  # (N, d) fp32
         s = torch.rand(n, generator=g)
-        for rep in range(2):
+        for rep in range(args.repeats):
             gc.collect()
-            open("/proc/self/clear_refs", "w").write("5")
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # reset the RSS high-water mark
             base = rss("VmRSS")
             t = time.perf_counter()
-            coverage_select(s, z, n // 10)
+            kept = coverage_select(s, z, n // 10)
             dt = time.perf_counter() - t
-            print(f"N={n} d={d} {kind:8s} k={n//10}: {dt:.2f} s, peak extra RSS {rss('VmHWM') - base:.0f} MB", flush=True)
+            print(f"N={n} d={d} {kind:8s} k={n // 10}: {dt:.2f} s, peak extra RSS {rss('VmHWM') - base:.0f} MB",
+                  flush=True)
+        if args.dense:
+            t = time.perf_counter()
+            same = torch.equal(coverage_select_dense(s, z, n // 10), kept)
+            print(f"    dense loop: {time.perf_counter() - t:.1f} s, identical picks: {same}", flush=True)

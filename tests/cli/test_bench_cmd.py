@@ -68,3 +68,51 @@ def test_model_shapes():
     assert int((inputs["input_ids"] == 3).sum()) == 16
     with torch.no_grad():
         assert model(**inputs).logits.shape[1] == inputs["input_ids"].shape[1]
+
+
+def synthetic_report(layers, full_layers, overhead=0.5):
+    """A report with made-up timings (no model run), to check the full-depth arithmetic exactly."""
+    import dataclasses
+
+    from zoprune.bench.speed import Report, Row, Timing
+
+    shapes = dataclasses.replace(PRESETS["tiny"], layers=layers, full_layers=full_layers)
+    unpruned = Row("unpruned", None, 16, None, Timing(2.0, gflop=0.02), 0.1, Timing(3.0))
+    oracle = Row("zoo oracle", 4, 4, None, Timing(1.0, gflop=0.01), 0.1, Timing(1.5))
+    pruned = Row("zoo", 4, 4, Timing(overhead), Timing(1.0, gflop=0.01), 0.1, Timing(2.0))
+    return Report(shapes, "cpu", 1, 5, 1, unpruned, [(pruned, oracle)])
+
+
+def test_vs_oracle_at_full_depth_is_the_measured_overhead_over_a_scaled_generate():
+    from zoprune.bench.speed import decode_flops, decoder_layer_flops
+
+    built_in_full = synthetic_report(2, 2)
+    pruned, oracle = built_in_full.rows[0]
+    assert built_in_full.full_depth_generate(oracle) == pytest.approx(1.0 + 4 * 0.1)  # prefill + 4 decoded tokens
+    assert built_in_full.vs_oracle_full_depth(pruned, oracle) == pytest.approx((1.4 + 0.5) / 1.4)
+    assert built_in_full.vs_oracle_full_depth(oracle, oracle) is None
+
+    deeper = synthetic_report(1, 3)
+    s = deeper.shapes
+    prefill = 1.0 * (0.01 + 2 * decoder_layer_flops(s, 4 + s.text_tokens + 1) / 1e9) / 0.01
+    decode = 0.1 * decode_flops(s, 3) / decode_flops(s, 1)
+    assert deeper.full_depth_generate(oracle) == pytest.approx(prefill + 4 * decode)
+    assert deeper.full_depth_generate(oracle) > built_in_full.full_depth_generate(oracle)
+    # the same overhead weighs less against a deeper model's generate
+    assert 1 < deeper.vs_oracle_full_depth(pruned, oracle) < built_in_full.vs_oracle_full_depth(pruned, oracle)
+    assert deeper.to_dict()["rows"][0]["vs_oracle_full_depth_estimate"] == deeper.vs_oracle_full_depth(pruned, oracle)
+
+
+def test_bench_threads_option_sets_this_process_threads(tmp_path):
+    previous = torch.get_num_threads()
+    wanted = 2 if previous == 1 else 1  # differs from the current setting, so the option must have acted
+    out = tmp_path / "bench.json"
+    try:
+        result = CliRunner().invoke(app, ["bench", "--preset", "tiny", "--methods", "jacobian", "--budgets", "4",
+                                          "--new-tokens", "2", "--threads", str(wanted), "--json", str(out)],
+                                    env={"COLUMNS": "250"})
+        assert result.exit_code == 0, result.output
+        assert json.loads(out.read_text())["threads"] == wanted
+        assert "est.)" in result.output  # the full-depth vs-oracle column
+    finally:
+        torch.set_num_threads(previous)

@@ -22,7 +22,8 @@ class Coverage(Selector):
     """Start from the most sensitive token; then add ``argmax_i s_i * (1 - max_{j kept} cos(z_i, z_j))``.
 
     ``s`` is the score min-max normalised per image; ``z`` are the projected features. The state is one running
-    maximum cosine per token: O(N) memory and O(N d) work per pick, never an N x N matrix.
+    maximum cosine per token (O(N) memory, never an N x N matrix), kept up to date lazily: see
+    :func:`greedy_max_cosine`.
     """
 
     name = "coverage"
@@ -46,77 +47,128 @@ def coverage_select(scores: torch.Tensor, embeddings: torch.Tensor, k: int,
 
 
 def greedy_max_cosine(s: torch.Tensor, embeddings: torch.Tensor, k: int, first: int,
-                      fusion: str = "product", batch: int = 8, rows: int = 1024) -> torch.Tensor:
+                      fusion: str = "product", hot: int = 256, promote: int = 64, rows: int = 1024) -> torch.Tensor:
     """Greedy selection by ``gain_i = s_i * (1 - max_{j kept} cos(z_i, z_j))`` (``s_i + (1 - max cos)`` for
     ``fusion='sum'``), starting from ``first``; returns the k indices sorted ascending.
 
-    Exact lazy evaluation: a token's gain can only fall as the kept set grows, so a gain computed against an
-    older kept set bounds the current one from above. After each pick, the ``batch`` tokens with the highest
-    bounds are brought up to date against the kept tokens they have not seen; when the highest bound is then
-    current, no other token can beat it (ties go to the lower index, as with ``argmax``) and it is picked;
-    otherwise the next ``batch`` are updated. This picks what the plain loop (one pass over all N tokens per pick,
-    :func:`coverage_select_dense`) picks, up to float rounding in near-ties, touching only the tokens that compete
-    for the top.
+    Exact lazy greedy with a small "hot" set. A token's gain can only fall as the kept set grows, so a gain computed
+    against an older kept set bounds the current one from above (a "stale bound"). The ``hot`` tokens that compete
+    for the top are kept up to date after every pick with one (hot, d) x (d,) product; every other ("cold") token
+    keeps its stale bound. A hot token wins when no cold bound beats its exact gain (ties: the lower index, as with
+    ``argmax``); otherwise the ``promote`` highest cold bounds are brought up to date against the kept tokens they
+    have not seen (a few large products, bucketed by staleness) and replace the weakest hot tokens, which go back
+    to the cold set with their exact gain as bound. This picks what the plain loop (one pass over all N tokens per
+    pick, :func:`coverage_select_dense`) picks, up to float rounding in near-ties.
 
-    Memory: O(N) state, the k kept rows normalised (k x d) and ``rows x d`` scratch; the (N, d) embeddings are
-    read in place, never copied whole. Used by ``divprune`` too (``s`` all ones).
+    Every op per pick touches O(hot d + N) numbers; the larger products come in batches of ``promote`` rows, so
+    the ~1600 picks of k = 10% of 16,384 cost a few thousand ops, not tens of thousands. The process's torch
+    thread settings are left alone: on cores shared with other work, every multi-threaded op waits for a thread to
+    be scheduled (a full time slice: ~16 ms measured), so call ``torch.set_num_threads(1)`` yourself there
+    (docs/speed.md).
+
+    Memory: O(N) state, the k kept rows normalised (k x d), ``hot x d`` and ``rows x d`` scratch; the (N, d)
+    embeddings are read in place, never copied whole. Used by ``divprune`` too (``s`` all ones).
     """
-    if embeddings.device.type == "cpu" and torch.get_num_threads() > 1:
-        # every op after the first pass touches a few rows: threads only add synchronisation, which costs
-        # milliseconds per op when the cores are shared with other work
-        previous = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            return greedy_max_cosine(s, embeddings, k, first, fusion, batch, rows)
-        finally:
-            torch.set_num_threads(previous)
     n, d = embeddings.shape
     device = embeddings.device
+    ninf = float("-inf")
+    s = s.float().to(device)
     kept_rows = torch.empty(k, d, dtype=torch.float32, device=device)  # the kept tokens, normalised
     chosen = torch.empty(k, dtype=torch.long, device=device)
     chosen[0] = first
     kept_rows[0] = _normalised(embeddings[first:first + 1])[0]
-    max_cos = torch.empty(n, dtype=torch.float32, device=device)
-    inv_norm = torch.empty(n, dtype=torch.float32, device=device)
-    for start in range(0, n, rows):  # the one pass over all tokens: their norms and cosine to the first pick
-        block = embeddings[start:start + rows].float()
-        inv_norm[start:start + rows] = 1 / torch.linalg.vector_norm(block, dim=-1).clamp_min(1e-12)
-        max_cos[start:start + rows] = (block @ kept_rows[0]) * inv_norm[start:start + rows]
-    seen = torch.ones(n, dtype=torch.long, device=device)  # how many kept tokens max_cos[i] accounts for
-    s = s.float()
-    bound = _gain(s, max_cos, fusion)
-    bound[first] = float("-inf")
-    batch = min(batch, n)
+    max_cos = torch.empty(n, dtype=torch.float32, device=device)  # of cold tokens, against kept_rows[:seen]
+    for start in range(0, n, rows):  # the one pass over all tokens
+        max_cos[start:start + rows] = _normalised(embeddings[start:start + rows]) @ kept_rows[0]
+    seen = torch.ones(n, dtype=torch.long, device=device)
+    bound = _gain(s, max_cos, fusion)  # (N,) upper bounds of cold tokens' gains; -inf: hot or kept
+    bound[first] = ninf
+    positions = torch.arange(n, device=device)
+    hot = max(2, min(hot, n))
+    promote = max(1, min(promote, hot - 1))  # < hot: the current winner is never evicted by a promotion
+    hot_rows = torch.zeros(hot, d, dtype=torch.float32, device=device)  # (hot, d) normalised
+    hot_index = torch.full((hot,), -1, dtype=torch.long, device=device)  # -1: a free slot
+    hot_cos = torch.zeros(hot, dtype=torch.float32, device=device)  # max cosine to all kept tokens
+    hot_s = torch.zeros(hot, dtype=torch.float32, device=device)
+    hot_gain = torch.full((hot,), ninf, dtype=torch.float32, device=device)  # exact; -inf for free slots
+    top, highest = None, ninf  # the highest cold bounds: they only change when tokens move (_promote)
     for t in range(1, k):  # t tokens kept so far
         while True:
-            pick = int(torch.argmax(bound))
-            if int(seen[pick]) == t:
+            best = float(hot_gain.max())
+            key = torch.where(hot_gain == best, hot_index, n)  # (hot,): the tokens of the best gain, by index
+            slot = int(key.argmin())
+            winner = int(key[slot]) if best > ninf else n
+            if top is None:
+                top = torch.topk(bound, min(promote, n))
+                highest = float(top.values[0])
+            if highest < best:
                 break
-            top = torch.topk(bound, batch, sorted=False).indices
-            stale = top[(seen[top] < t) & (bound[top] > float("-inf"))]
-            if not bool((stale == pick).any()):  # more ties at the top than `batch`
-                stale = torch.cat([stale, stale.new_tensor([pick])])
-            _refresh(stale, t, embeddings, inv_norm, kept_rows, max_cos, seen)
-            bound[stale] = _gain(s[stale], max_cos[stale], fusion)
-        chosen[t] = pick
-        kept_rows[t] = _normalised(embeddings[pick:pick + 1])[0]
-        bound[pick] = float("-inf")
+            if highest == ninf:  # and best too: nothing left to pick
+                raise ValueError("coverage selection ran out of candidates (non-finite scores?)")
+            if highest == best:  # exact ties: only a cold token of lower index can still win
+                contenders = torch.nonzero((bound == best) & (positions < winner)).flatten()
+                if contenders.numel() == 0:
+                    break
+                incoming = contenders[:promote]
+            else:
+                # the stale cold bounds at the top, plus the next highest ones (they are likely to be needed
+                # soon, and one product over more rows reads the kept rows once for all of them)
+                incoming = top.indices[top.values > ninf]
+            _promote(incoming, t, embeddings, kept_rows, max_cos, seen, bound, s, fusion,
+                     hot_rows, hot_index, hot_cos, hot_s, hot_gain)
+            top = None
+        chosen[t] = winner
+        kept_rows[t] = hot_rows[slot]
+        hot_index[slot] = -1
+        if t + 1 < k:
+            torch.maximum(hot_cos, hot_rows @ kept_rows[t], out=hot_cos)  # (hot,): every hot token stays exact
+            hot_gain = torch.where(hot_index >= 0, _gain(hot_s, hot_cos, fusion), ninf)
     return torch.sort(chosen).values
 
 
-def _refresh(stale: torch.Tensor, t: int, embeddings: torch.Tensor, inv_norm: torch.Tensor,
-             kept_rows: torch.Tensor, max_cos: torch.Tensor, seen: torch.Tensor) -> None:
-    # bucket the tokens by how many kept tokens they missed (within a factor 2), so a token that missed 2 is not
-    # multiplied against the 1000 another one missed
-    missing = t - seen[stale]
-    bucket = torch.floor(torch.log2(missing.float())).long()
-    for level in torch.unique(bucket).tolist():
-        rows = stale[bucket == level]
-        oldest = max(0, t - 2 ** (level + 1))
-        cos = (embeddings[rows].float() @ kept_rows[oldest:t].T) * inv_norm[rows, None]  # (b, t - oldest)
-        cos = cos.amax(dim=1)
-        max_cos[rows] = torch.maximum(max_cos[rows], cos)
-        seen[rows] = t
+def _promote(incoming: torch.Tensor, t: int, embeddings: torch.Tensor, kept_rows: torch.Tensor,
+             max_cos: torch.Tensor, seen: torch.Tensor, bound: torch.Tensor, s: torch.Tensor, fusion: str,
+             hot_rows: torch.Tensor, hot_index: torch.Tensor, hot_cos: torch.Tensor, hot_s: torch.Tensor,
+             hot_gain: torch.Tensor) -> None:
+    """Bring the cold tokens ``incoming`` up to date against kept_rows[:t] and move them into the hot set in place
+    of its weakest tokens, which go back to the cold set with their exact gains as bounds."""
+    normalised = _normalised(embeddings[incoming])  # (p, d)
+    _catch_up(incoming, normalised, t, kept_rows, max_cos, seen)
+    # evict the lowest gains, and among equal gains the highest indices (free slots, -inf, go first): so the
+    # lowest-index token of the best gain stays, and tie resolution always makes progress
+    order = torch.sort(hot_index, descending=True, stable=True).indices
+    order = order[torch.sort(hot_gain[order], stable=True).indices]
+    slots = order[:incoming.numel()]
+    leaving = slots[hot_index[slots] >= 0]
+    out = hot_index[leaving]
+    max_cos[out] = hot_cos[leaving]
+    seen[out] = t
+    bound[out] = hot_gain[leaving]
+    hot_index[slots] = incoming
+    hot_rows[slots] = normalised
+    hot_cos[slots] = max_cos[incoming]
+    hot_s[slots] = s[incoming]
+    hot_gain[slots] = _gain(s[incoming], max_cos[incoming], fusion)
+    bound[incoming] = float("-inf")
+
+
+def _catch_up(index: torch.Tensor, normalised: torch.Tensor, t: int, kept_rows: torch.Tensor,
+              max_cos: torch.Tensor, seen: torch.Tensor) -> None:
+    """max_cos[index] against all t kept rows. ``normalised``: the tokens' rows (p, d), normalised."""
+    missing = (t - seen[index]).tolist()
+    # bucket the tokens by how many kept rows they missed (within a factor 2), so that a token that missed 2 is
+    # not multiplied against the 1000 another one missed: one (b, d) x (d, most missed) product per bucket
+    levels: dict[int, list[int]] = {}
+    for position, count in enumerate(missing):
+        if count > 0:
+            levels.setdefault(count.bit_length() - 1, []).append(position)
+    for members in levels.values():
+        oldest = t - max(missing[m] for m in members)
+        member = torch.tensor(members, device=index.device)
+        cos = (normalised[member] @ kept_rows[oldest:t].T).amax(dim=1)  # (b,)
+        which = index[member]
+        max_cos[which] = torch.maximum(max_cos[which], cos)
+    seen[index] = t
 
 
 def _normalised(rows: torch.Tensor) -> torch.Tensor:

@@ -153,11 +153,34 @@ class Report:
         per_layer = decoder_layer_flops(s, seq) / 1e9
         return (self.unpruned.prefill.gflop + (s.full_layers - s.layers) * per_layer) / self.unpruned.prefill.gflop
 
+    def full_depth_generate(self, row: Row) -> float:
+        """Estimated seconds of ``row``'s language-model generate at ``full_layers``: the measured prefill scaled
+        by prefill FLOPs at its own sequence length, plus the measured per-token decode scaled by decode FLOPs
+        (weights: every layer's plus the output head). Equals the measured figures when the model is built in full.
+        """
+        s = self.shapes
+        prefill = row.prefill.seconds
+        if s.layers != s.full_layers and row.prefill.gflop:
+            seq = row.kept + s.text_tokens + 1
+            full = row.prefill.gflop + (s.full_layers - s.layers) * decoder_layer_flops(s, seq) / 1e9
+            prefill *= full / row.prefill.gflop
+        decode = row.decode_per_token * decode_flops(s, s.full_layers) / decode_flops(s, s.layers)
+        return prefill + (self.new_tokens - 1) * decode
+
+    def vs_oracle_full_depth(self, row: Row, oracle: Row) -> float | None:
+        """(oracle's generate + scoring and selection) / oracle's generate, both at full depth (estimated): what
+        the pruning overhead adds to a full model's generate. The overhead itself does not depend on the depth."""
+        if row.overhead is None:
+            return None
+        base = self.full_depth_generate(oracle)
+        return (base + row.overhead.seconds) / base
+
     def to_dict(self) -> dict[str, Any]:
         return {"shapes": asdict(self.shapes), "device": self.device, "threads": self.threads,
                 "new_tokens": self.new_tokens, "repeats": self.repeats, "extrapolation": self.extrapolation(),
                 "unpruned": asdict(self.unpruned),
-                "rows": [{"pruned": asdict(p), "oracle": asdict(o)} for p, o in self.rows]}
+                "rows": [{"pruned": asdict(p), "oracle": asdict(o),
+                          "vs_oracle_full_depth_estimate": self.vs_oracle_full_depth(p, o)} for p, o in self.rows]}
 
 
 def decoder_layer_flops(s: Shapes, seq: int) -> float:
@@ -165,6 +188,14 @@ def decoder_layer_flops(s: Shapes, seq: int) -> float:
     head = s.hidden // s.heads
     projections = s.hidden * (s.hidden + 2 * s.kv_heads * head) + s.hidden * s.hidden + 3 * s.hidden * s.intermediate
     return 2 * seq * projections + 4 * seq * seq * s.hidden
+
+
+def decode_flops(s: Shapes, layers: int) -> float:
+    """Analytic FLOPs of decoding one token with ``layers`` decoder layers: every weight once (2 FLOPs a
+    multiply-add), the output head included; attention over the cache is left out (small at these lengths)."""
+    head = s.hidden // s.heads
+    per_layer = s.hidden * (s.hidden + 2 * s.kv_heads * head) + s.hidden * s.hidden + 3 * s.hidden * s.intermediate
+    return 2 * (layers * per_layer + s.hidden * s.vocab)
 
 
 def _sync(device: str) -> None:
@@ -304,15 +335,15 @@ def render_table(report: Report):
              f"{report.threads} threads, {report.new_tokens} new tokens, median of {report.repeats}")
     table = Table(title=title)
     for column in ("method", "kept", "overhead s", "overhead / prefill", f"… at {s.full_layers} layers",
-                   "prefill s", "decode ms/tok", "generate s", "speed-up", "vs oracle", "peak MB",
-                   "prefill GFLOP", "overhead GFLOP"):
+                   "prefill s", "decode ms/tok", "generate s", "speed-up", "vs oracle",
+                   f"vs oracle at {s.full_layers} layers (est.)", "peak MB", "prefill GFLOP", "overhead GFLOP"):
         table.add_column(column, justify="right" if column != "method" else "left", no_wrap=column == "method")
 
     def fmt(x, spec=".3f"):
         return "-" if x is None else format(x, spec)
 
     table.add_row("unpruned", str(base.kept), "-", "-", "-", fmt(base.prefill.seconds),
-                  fmt(1e3 * base.decode_per_token, ".1f"), fmt(base.generate.seconds), "1.00x", "-",
+                  fmt(1e3 * base.decode_per_token, ".1f"), fmt(base.generate.seconds), "1.00x", "-", "-",
                   fmt(base.generate.peak_mb, ".0f"), fmt(base.prefill.gflop, ".1f"), "-")
     for row, oracle in report.rows:
         for r in (oracle, row):
@@ -324,6 +355,7 @@ def render_table(report: Report):
                 fmt(r.prefill.seconds), fmt(1e3 * r.decode_per_token, ".1f"), fmt(r.generate.seconds),
                 f"{base.generate.seconds / r.generate.seconds:.2f}x",
                 "-" if r is oracle else f"{r.generate.seconds / oracle.generate.seconds:.3f}",
+                "-" if r is oracle else fmt(report.vs_oracle_full_depth(r, oracle)),
                 fmt(r.generate.peak_mb, ".0f"), fmt(r.prefill.gflop, ".1f"),
                 fmt(r.overhead.gflop if r.overhead else None, ".1f"))
     return table

@@ -27,6 +27,9 @@ def bench(
     repeats: int = typer.Option(1, "--repeats", min=1, help="runs per phase; the median is reported"),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda"),
     seed: int = typer.Option(0, "--seed"),
+    threads: int | None = typer.Option(None, "--threads", min=1,
+                                       help="torch CPU threads for this run (default: torch's own); on cores shared "
+                                            "with other work 1 avoids waiting for busy cores at every op"),
     png: Path | None = typer.Option(None, "--png", help="write a bar chart here (needs zoprune[plot])"),
     json_out: Path | None = typer.Option(None, "--json", help="write every measurement here"),
 ) -> None:
@@ -54,6 +57,10 @@ def bench(
 
         if not torch.cuda.is_available():
             raise ZopruneError("--device cuda given but torch sees no CUDA device")
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)  # this command's own process: the library never changes it
     steps = 1 + len(method_list) * len(budget_list)
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
                   transient=True) as progress:
@@ -70,7 +77,9 @@ def bench(
     scale = report.extrapolation()
     if scale != 1.0:
         console.print(f"[dim]'at {shapes.full_layers} layers': overhead over the prefill extrapolated by FLOPs "
-                      f"(x{scale:.1f} the measured prefill); the other columns are as measured[/]")
+                      f"(x{scale:.1f} the measured prefill); 'vs oracle at {shapes.full_layers} layers (est.)': "
+                      f"(oracle's generate + overhead) / oracle's generate, with the oracle's prefill and decode "
+                      f"scaled by FLOPs to {shapes.full_layers} layers; the other columns are as measured[/]")
     if png is not None:
         console.print(f"chart: {plot(report, png)}")
     if json_out is not None:

@@ -1,4 +1,4 @@
-"""coverage_select (lazy, O(N) state) picks exactly what the plain one-pass-per-pick loop picks, at larger N."""
+"""coverage_select (lazy, hot set, O(N) state) picks exactly what the plain one-pass-per-pick loop picks."""
 
 import pytest
 import torch
@@ -47,20 +47,61 @@ def test_ties_go_to_the_lower_index_as_with_argmax():
     assert torch.equal(coverage_select(scores, base, 8), torch.arange(8))
 
 
-def test_lazy_updates_touch_far_fewer_tokens_than_the_dense_loop(monkeypatch):
+def test_lazy_updates_compute_far_fewer_cosines_than_the_dense_loop(monkeypatch):
     n, k = 4000, 400
     z = vlm_like(n, 64, 0)
     scores = torch.rand(n, generator=torch.Generator().manual_seed(0))
-    touched = []
-    original = cov._refresh
+    caught_up = []  # cosines computed to bring cold tokens up to date
+    original = cov._catch_up
 
-    def counting(stale, *args):
-        touched.append(stale.numel())
-        return original(stale, *args)
+    def counting(index, normalised, t, kept_rows, max_cos, seen):
+        caught_up.append(int((t - seen[index]).sum()))
+        return original(index, normalised, t, kept_rows, max_cos, seen)
 
-    monkeypatch.setattr(cov, "_refresh", counting)
-    coverage_select(scores, z, k)
-    assert sum(touched) < n * k / 20  # the dense loop touches n tokens per pick
+    monkeypatch.setattr(cov, "_catch_up", counting)
+    kept = coverage_select(scores, z, k)
+    hot_updates = 256 * (k - 1)  # the default hot set, brought up to date after every pick
+    assert sum(caught_up) + hot_updates < n * k / 3  # the dense loop computes n cosines per pick
+    assert torch.equal(kept, coverage_select_dense(scores, z, k))
+
+
+def test_leaves_the_thread_setting_alone(monkeypatch):
+    # the selection must not switch torch's (process-wide) thread count, not even while it runs
+    torch.set_num_threads(2)  # the autouse fixture restores the previous setting
+    during = []
+    original = cov._catch_up
+
+    def recording(*args):
+        during.append(torch.get_num_threads())
+        return original(*args)
+
+    monkeypatch.setattr(cov, "_catch_up", recording)
+    coverage_select(torch.rand(3000, generator=torch.Generator().manual_seed(1)), vlm_like(3000, 32, 1), 300)
+    assert during and set(during) == {2}
+    assert torch.get_num_threads() == 2
+
+
+@pytest.mark.parametrize("hot, promote", [(2, 1), (3, 2), (16, 15), (64, 8)])
+def test_hot_set_size_does_not_change_the_picks(hot, promote):
+    # tiny hot sets force many evictions and promotions; the picks stay those of the dense loop
+    z = vlm_like(700, 48, 5)
+    s = cov.minmax(torch.rand(700, generator=torch.Generator().manual_seed(5)))
+    expected = coverage_select_dense(s, z, 120)
+    assert torch.equal(greedy_max_cosine(s, z, 120, int(torch.argmax(s)), hot=hot, promote=promote), expected)
+
+
+def test_exact_ties_across_hot_and_cold_tokens_go_to_the_lower_index():
+    # constant scores: every gain is 0 under the product, so the greedy takes the lowest indices in order; and
+    # 48 copies of 4 directions with the sum fusion: ties among copies, across evictions from a small hot set
+    z = vlm_like(300, 16, 6)
+    zero = torch.ones(300)
+    assert torch.equal(coverage_select(zero, z, 40), coverage_select_dense(zero, z, 40))
+    assert torch.equal(coverage_select(zero, z, 40), torch.arange(40))
+    copies = torch.eye(4).repeat(48, 1)
+    ones = torch.ones(192)
+    for hot, promote in [(4, 3), (8, 2), (256, 64)]:
+        picks = greedy_max_cosine(ones, copies, 12, 0, "sum", hot=hot, promote=promote)
+        assert torch.equal(picks, coverage_select_dense(ones, copies, 12, "sum"))
 
 
 def test_input_is_not_modified_and_any_float_dtype_works():
