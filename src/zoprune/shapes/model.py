@@ -43,7 +43,7 @@ CHAT_TEMPLATE = (
 
 #: Architecture of the shipped checkpoint (keyword arguments of :func:`build_model`).
 DEFAULT_ARCH = {"vision_hidden": 128, "vision_layers": 4, "vision_heads": 4, "vision_mlp": 384,
-                "text_hidden": 192, "text_layers": 3, "text_heads": 6, "text_kv_heads": 2, "text_mlp": 512}
+                "text_hidden": 192, "text_layers": 4, "text_heads": 6, "text_kv_heads": 6, "text_mlp": 512}
 
 
 def prompt(question: str) -> str:
