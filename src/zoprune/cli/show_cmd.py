@@ -98,13 +98,15 @@ def draw_panels(image, panels, out: Path, title: str = "") -> Path:
             r, c = divmod(int(index), cols)
             axis.add_patch(Rectangle((c * cell_w - 0.5, r * cell_h - 0.5), cell_w, cell_h, fill=False,
                                      edgecolor="yellow", linewidth=0.8))
-        axis.set_title(f"{label} ({kept.sum()}/{rows * cols})\nanswer: {answer}", fontsize=8)
+        merged = selection.num_kept - int(kept.sum())  # merged tokens (VisionZip's contextual ones) have no patch
+        count = f"{kept.sum()}+{merged} merged" if merged else f"{kept.sum()}"
+        axis.set_title(f"{label} ({count}/{rows * cols})\nanswer: {answer}", fontsize=8)
     for axis in axes:
         axis.set_xticks([])
         axis.set_yticks([])
     if title:
         figure.suptitle(title, fontsize=9)
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0, 1, 0.92) if title else (0, 0, 1, 1))  # room for the title above the panels
     out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out)
     plt.close(figure)
