@@ -2,6 +2,8 @@
 
     python scripts/train_shapes_vlm.py --out src/zoprune/shapes/weights
 
+(The shipped checkpoint was trained in four rounds with ``--init``; its model card lists the exact commands.)
+
 Recipe (LLaVA's two stages; everything seeded: data stream, initialisation, batch order):
 
 * stage A (vision pre-training: "align the visual tokens first"): the vision tower and the projector are trained

@@ -2,7 +2,7 @@
 
 Every image is 96x96 RGB. It holds 2-4 objects (circle, square, triangle, cross) in one of five colours and
 two sizes, placed without overlap on a random low-frequency texture with per-pixel noise, and, in half of the
-images, one rendered white digit. Objects cover roughly 4-15% of the image, so most 8x8 patches (visual tokens)
+images, one rendered white digit. Objects cover about 9% of the image (2-20%), so most 8x8 patches (visual tokens)
 are background, as in real photographs.
 
 Questions have one-word answers and come in seven kinds (:data:`KINDS`): attribute questions (``colour``,
