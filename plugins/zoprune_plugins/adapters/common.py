@@ -154,6 +154,28 @@ def require_input_ids(inputs: dict[str, Any]) -> torch.Tensor:
     return input_ids
 
 
+def placeholder_counts(input_ids: torch.Tensor, token_id: int, what: str, given: bool, missing: str) -> torch.Tensor:
+    """(B,) how many ``what`` placeholders each prompt holds. When the visual inputs are not ``given``, any
+    placeholder is an error naming the ``missing`` inputs: a prompt that announces an image must bring it."""
+    counts = (input_ids == token_id).sum(dim=1)
+    if not given and int(counts.sum()):
+        raise InputError(f"the prompts hold {int(counts.sum())} {what} placeholder tokens (id {token_id}) but no "
+                         f"{missing} were given")
+    return counts
+
+
+def number_in_prompt(found: list[tuple[int, int, Any]]) -> list[Any]:
+    """Entries numbered per prompt in order of appearance: ``found`` holds (sample, first placeholder column,
+    entry) with entries that have ``view`` (slices of one input share its number) and a settable ``image``."""
+    found.sort(key=lambda item: (item[0], item[1], item[2].view))
+    counter: dict[int, int] = {}
+    for sample, _, entry in found:
+        if entry.view == 0:
+            counter[sample] = counter.get(sample, -1) + 1
+        entry.image = counter[sample]
+    return [entry for *_, entry in found]
+
+
 def pad_token_id(model: torch.nn.Module) -> int:
     """The id to pad prompts with (masked out anyway, so any id works when the model names none)."""
     for source in (model.generation_config, getattr(model.config, "text_config", None), model.config):

@@ -20,7 +20,7 @@ import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from zoprune import ImageTokens, InputError, ModelAdapter, hookimpl
-from zoprune_plugins.adapters.common import drop_columns, pad_token_id, require_input_ids
+from zoprune_plugins.adapters.common import drop_columns, pad_token_id, placeholder_counts, require_input_ids
 from zoprune_plugins.adapters.llm_pruning import ImageColumns, InsideLLM
 from zoprune_plugins.adapters.vision_attention import cls_attention, encoder_layers, mean_keys
 
@@ -102,11 +102,9 @@ class LlavaAdapter(ModelAdapter):
                 dtype: torch.dtype, extras: frozenset[str] = frozenset()) -> list[ImageTokens]:
         input_ids = require_input_ids(inputs)
         pixel_values = inputs.get("pixel_values")
-        placeholders = (input_ids == self.image_token_id).sum(dim=1)  # (B,)
+        placeholders = placeholder_counts(input_ids, self.image_token_id, "image", pixel_values is not None,
+                                          "`pixel_values`")  # (B,)
         if pixel_values is None:
-            if int(placeholders.sum()):
-                raise InputError(f"the prompts hold {int(placeholders.sum())} image placeholder tokens "
-                                 f"(id {self.image_token_id}) but no `pixel_values` were given")
             return []
         outputs = self.vision_outputs(inputs)
         features = self.vision_features(inputs, outputs)  # (I, N, d_v) in the model's dtype
@@ -187,12 +185,9 @@ class LlavaAdapter(ModelAdapter):
         """Where each image's tokens sit in the language model's input, found from the placeholders alone (no
         vision tower), and the visual columns no entry covers: (B, L) bool of those always kept and of those
         always dropped (None: there are none)."""
-        placeholders = (input_ids == self.image_token_id).sum(dim=1)
         n = tokens_per_image(self.model, self._feature_layers(inputs)[1])
         num_images = int(inputs["pixel_values"].shape[0]) if inputs.get("pixel_values") is not None else 0
-        if num_images == 0 and int(placeholders.sum()):
-            raise InputError(f"the prompts hold {int(placeholders.sum())} image placeholder tokens "
-                             f"(id {self.image_token_id}) but no `pixel_values` were given")
+        placeholders = placeholder_counts(input_ids, self.image_token_id, "image", num_images > 0, "`pixel_values`")
         images = [ImageColumns(sample, image, image_positions(input_ids[sample], self.image_token_id, n, image))
                   for sample, count in enumerate(self._images_per_sample(placeholders, n, num_images))
                   for image in range(count)]

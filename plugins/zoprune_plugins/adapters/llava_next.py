@@ -40,7 +40,7 @@ from transformers.models.llava_next.modeling_llava_next import image_size_to_num
 from zoprune import Budget, ComponentConfig, ImageTokens, InputError, hookimpl
 from zoprune_plugins.adapters.common import (ViewTokens, VisualInput, assign_to_prompts, drop_columns, drop_mask,
                                              encoder_outputs, kept_per_input, pad_token_id, placeholder_columns,
-                                             require_input_ids, shared_budgets, strip)
+                                             placeholder_counts, require_input_ids, shared_budgets, strip)
 from zoprune_plugins.adapters.llava import LlavaAdapter, tokens_per_image
 from zoprune_plugins.adapters.llm_pruning import ImageColumns
 
@@ -163,12 +163,11 @@ class LlavaNextAdapter(LlavaAdapter):
 
     def llm_columns(self, inputs: dict[str, Any], input_ids: torch.Tensor
                     ) -> tuple[list[ImageColumns], torch.Tensor | None, torch.Tensor | None]:
-        counts = (input_ids == self.image_token_id).sum(dim=1)  # (B,)
         image_sizes = inputs.get("image_sizes")
-        if inputs.get("pixel_values") is None or image_sizes is None:
-            if int(counts.sum()):
-                raise InputError(f"the prompts hold {int(counts.sum())} image placeholder tokens (id "
-                                 f"{self.image_token_id}) but no `pixel_values` and `image_sizes` were given")
+        given = inputs.get("pixel_values") is not None and image_sizes is not None
+        counts = placeholder_counts(input_ids, self.image_token_id, "image", given,
+                                    "`pixel_values` and `image_sizes`")  # (B,)
+        if not given:
             return [], None, None
         strategy = inputs.get("vision_feature_select_strategy") or self.model.config.vision_feature_select_strategy
         n = tokens_per_image(self.model, strategy)

@@ -40,10 +40,11 @@ import torch
 from pydantic import Field
 from transformers.vision_utils import get_vision_window_index
 
-from zoprune import Budget, ComponentConfig, ImageTokens, InputError, ModelAdapter, hookimpl
+from zoprune import Budget, ComponentConfig, ImageTokens, ModelAdapter, hookimpl
 from zoprune_plugins.adapters.common import (ViewTokens, VisualInput, assign_to_prompts, drop_columns, drop_mask,
-                                             encoder_outputs, kept_per_input, pad_token_id, placeholder_columns,
-                                             require_input_ids, shared_budgets, strip)
+                                             encoder_outputs, kept_per_input, number_in_prompt, pad_token_id,
+                                             placeholder_columns, placeholder_counts, require_input_ids,
+                                             shared_budgets, strip)
 from zoprune_plugins.adapters.llm_pruning import ImageColumns, InsideLLM
 
 _VISION_KEYS = ("pixel_values", "pixel_values_videos", "image_grid_thw", "video_grid_thw", "second_per_grid_ts",
@@ -117,12 +118,10 @@ class Qwen2VLAdapter(ModelAdapter):
         found: list[tuple[int, int, ViewTokens]] = []  # (sample, first column, tokens)
         for kind, pixel_key, grid_key in _KINDS:
             token_id = self._token_ids()[kind]
-            counts = (input_ids == token_id).sum(dim=1)  # (B,)
             pixels, grid_thw = inputs.get(pixel_key), inputs.get(grid_key)
-            if pixels is None or grid_thw is None:
-                if int(counts.sum()):
-                    raise InputError(f"the prompts hold {int(counts.sum())} {kind} placeholder tokens (id "
-                                     f"{token_id}) but no `{pixel_key}` and `{grid_key}` were given")
+            given = pixels is not None and grid_thw is not None
+            counts = placeholder_counts(input_ids, token_id, kind, given, f"`{pixel_key}` and `{grid_key}`")  # (B,)
+            if not given:
                 continue
             features, embeddings = self._tower(kind, pixels, grid_thw)
             lengths = [e.shape[0] for e in embeddings]
@@ -149,18 +148,7 @@ class Qwen2VLAdapter(ModelAdapter):
                         source=visual, packed=torch.arange(v * size, (v + 1) * size, device=columns[i].device),
                     )
                     found.append((owners[i], int(columns[i][0]), tokens))
-        # number each prompt's images and videos together, in order of appearance
-        found.sort(key=lambda item: (item[0], item[1]))
-        images: list[ImageTokens] = []
-        counter: dict[int, int] = {}
-        previous: VisualInput | None = None
-        for sample, _, tokens in found:
-            if tokens.source is not previous:
-                counter[sample] = counter.get(sample, -1) + 1
-                previous = tokens.source
-            tokens.image = counter[sample]
-            images.append(tokens)
-        return images
+        return number_in_prompt(found)  # each prompt's images and videos together, in order of appearance
 
     def token_budgets(self, budget: Budget, images: list[ImageTokens]) -> list[int]:
         return shared_budgets(budget, images, split=self.config.video_policy == "per_frame")
@@ -200,7 +188,6 @@ class Qwen2VLAdapter(ModelAdapter):
         pruned["mm_encoder_outputs"] = encoder_outputs(per_input)
         return pruned
 
-
     def inside_llm(self, inputs: dict[str, Any], layer: int,
                    select: Callable[[list[ImageTokens]], list[torch.Tensor]], dtype: torch.dtype) -> Any:
         """FastV's hook point on the Qwen2 language model (see ``llm_pruning.InsideLLM`` and the module
@@ -217,15 +204,13 @@ class Qwen2VLAdapter(ModelAdapter):
         """The entries ``extract`` would emit, as columns of the prompt: per image, per video or per temporal
         slice, numbered per prompt in order of appearance."""
         merge = self._inner.visual.spatial_merge_size
-        found: list[tuple[int, int, int, ImageColumns]] = []  # (sample, first column, slice, entry)
+        found: list[tuple[int, int, ImageColumns]] = []  # (sample, first column, entry)
         for kind, pixel_key, grid_key in _KINDS:
             token_id = self._token_ids()[kind]
-            counts = (input_ids == token_id).sum(dim=1)  # (B,)
             grid_thw = inputs.get(grid_key)
-            if inputs.get(pixel_key) is None or grid_thw is None:
-                if int(counts.sum()):
-                    raise InputError(f"the prompts hold {int(counts.sum())} {kind} placeholder tokens (id "
-                                     f"{token_id}) but no `{pixel_key}` and `{grid_key}` were given")
+            given = inputs.get(pixel_key) is not None and grid_thw is not None
+            counts = placeholder_counts(input_ids, token_id, kind, given, f"`{pixel_key}` and `{grid_key}`")  # (B,)
+            if not given:
                 continue
             lengths = [t * h * w // merge ** 2 for t, h, w in grid_thw.tolist()]
             owners = assign_to_prompts(counts, lengths, kind)
@@ -236,14 +221,8 @@ class Qwen2VLAdapter(ModelAdapter):
                 size = cols.numel() // slices
                 for v in range(slices):
                     entry = ImageColumns(owners[i], 0, cols[v * size:(v + 1) * size], source=whole, view=v)
-                    found.append((owners[i], int(cols[0]), v, entry))
-        found.sort(key=lambda item: item[:3])
-        counter: dict[int, int] = {}
-        for sample, _, v, entry in found:
-            if v == 0:
-                counter[sample] = counter.get(sample, -1) + 1
-            entry.image = counter[sample]
-        return [entry for *_, entry in found]
+                    found.append((owners[i], int(cols[0]), entry))
+        return number_in_prompt(found)
 
 
 class Qwen2_5_VLAdapter(Qwen2VLAdapter):
