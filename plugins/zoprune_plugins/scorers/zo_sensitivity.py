@@ -58,6 +58,7 @@ class ZOSensitivity(Scorer):
                               "use mode 'black_box' or 'auto' for this model")
         cap = self.config.max_chunk_bytes
         r = self.config.output_sketch
+        sketch = None
         if r is not None:
             if parts is None:
                 raise ConfigError("zo_sensitivity output_sketch needs a Linear-activation-Linear projector and mode "
@@ -67,9 +68,8 @@ class ZOSensitivity(Scorer):
                 raise ConfigError(f"zo_sensitivity output_sketch = {r}: at most the projector's output width {d_l}")
             # drawn after the directions, so the sketched and the exact estimator perturb along the same u_j
             sketch = output_sketch(r, d_l, ctx.generator, parts.second.weight.dtype, x.device)
-            return structured_sensitivity(x, parts, directions, self.config.step, self.config.chunk, cap, sketch)
         if parts is not None:
-            return structured_sensitivity(x, parts, directions, self.config.step, self.config.chunk, cap)
+            return structured_sensitivity(x, parts, directions, self.config.step, self.config.chunk, cap, sketch)
         return black_box_sensitivity(x, tokens.projector, directions, self.config.step, self.config.chunk, cap)
 
 

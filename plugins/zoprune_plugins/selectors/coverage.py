@@ -76,10 +76,10 @@ def greedy_max_cosine(s: torch.Tensor, embeddings: torch.Tensor, k: int, first: 
     kept_rows = torch.empty(k, d, dtype=torch.float32, device=device)  # the kept tokens, normalised
     chosen = torch.empty(k, dtype=torch.long, device=device)
     chosen[0] = first
-    kept_rows[0] = _normalised(embeddings[first:first + 1])[0]
+    kept_rows[0] = unit_rows(embeddings[first:first + 1])[0]
     max_cos = torch.empty(n, dtype=torch.float32, device=device)  # of cold tokens, against kept_rows[:seen]
     for start in range(0, n, rows):  # the one pass over all tokens
-        max_cos[start:start + rows] = _normalised(embeddings[start:start + rows]) @ kept_rows[0]
+        max_cos[start:start + rows] = unit_rows(embeddings[start:start + rows]) @ kept_rows[0]
     seen = torch.ones(n, dtype=torch.long, device=device)
     bound = _gain(s, max_cos, fusion)  # (N,) upper bounds of cold tokens' gains; -inf: hot or kept
     bound[first] = ninf
@@ -132,7 +132,7 @@ def _promote(incoming: torch.Tensor, t: int, embeddings: torch.Tensor, kept_rows
              hot_gain: torch.Tensor) -> None:
     """Bring the cold tokens ``incoming`` up to date against kept_rows[:t] and move them into the hot set in place
     of its weakest tokens, which go back to the cold set with their exact gains as bounds."""
-    normalised = _normalised(embeddings[incoming])  # (p, d)
+    normalised = unit_rows(embeddings[incoming])  # (p, d)
     _catch_up(incoming, normalised, t, kept_rows, max_cos, seen)
     # evict the lowest gains, and among equal gains the highest indices (free slots, -inf, go first): so the
     # lowest-index token of the best gain stays, and tie resolution always makes progress
@@ -171,7 +171,8 @@ def _catch_up(index: torch.Tensor, normalised: torch.Tensor, t: int, kept_rows: 
     seen[index] = t
 
 
-def _normalised(rows: torch.Tensor) -> torch.Tensor:
+def unit_rows(rows: torch.Tensor) -> torch.Tensor:
+    """``rows`` (n, d) scaled to unit L2 norm, in float32 (a copy of these rows only)."""
     return torch.nn.functional.normalize(rows.float(), dim=-1)
 
 

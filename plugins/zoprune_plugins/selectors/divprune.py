@@ -10,7 +10,7 @@ import torch
 from pydantic import Field
 
 from zoprune import ComponentConfig, Context, ImageTokens, Selector, hookimpl
-from zoprune_plugins.selectors.coverage import greedy_max_cosine
+from zoprune_plugins.selectors.coverage import unit_rows, greedy_max_cosine
 
 
 class DivPruneConfig(ComponentConfig):
@@ -48,10 +48,10 @@ def nearest_neighbour_distance(z: torch.Tensor, chunk: int = 1024) -> torch.Tens
     n = z.shape[0]
     out = torch.empty(n, dtype=torch.float32, device=z.device)
     for start in range(0, n, chunk):
-        columns = _normalised(z[start:start + chunk])  # (c, d)
+        columns = unit_rows(z[start:start + chunk])  # (c, d)
         two = None  # (2, c): the two smallest distances of each column so far
         for row in range(0, n, chunk):
-            block = 1.0 - _normalised(z[row:row + chunk]) @ columns.T  # (r, c): rows row.., columns start..
+            block = 1.0 - unit_rows(z[row:row + chunk]) @ columns.T  # (r, c): rows row.., columns start..
             block = torch.topk(block, min(2, block.shape[0]), dim=0, largest=False).values
             two = block if two is None else torch.topk(torch.cat([two, block]), 2, dim=0, largest=False).values
         out[start:start + chunk] = two[1]
@@ -72,10 +72,6 @@ def divprune_select(embeddings: torch.Tensor, k: int, chunk: int = 1024) -> torc
     first = int(torch.argmax(nearest_neighbour_distance(embeddings, chunk)))
     ones = torch.ones(n, dtype=torch.float32, device=embeddings.device)
     return greedy_max_cosine(ones, embeddings, k, first, "product")
-
-
-def _normalised(rows: torch.Tensor) -> torch.Tensor:
-    return torch.nn.functional.normalize(rows.float(), dim=-1)
 
 
 @hookimpl

@@ -145,13 +145,19 @@ class Report:
     rows: list[tuple[Row, Row]]  # (pruned, its oracle)
 
     def extrapolation(self) -> float:
-        """Full-model prefill FLOPs / measured prefill FLOPs (1 when the language model is built in full)."""
+        """Full-model prefill FLOPs / measured prefill FLOPs of the unpruned model (1 when the language model is
+        built in full)."""
+        return self.prefill_scale(self.unpruned)
+
+    def prefill_scale(self, row: Row) -> float:
+        """Full-model prefill FLOPs / measured prefill FLOPs at ``row``'s own sequence length (1 when the language
+        model is built in full or the FLOPs were not counted)."""
         s = self.shapes
-        if s.layers == s.full_layers or self.unpruned.prefill.gflop is None:
+        if s.layers == s.full_layers or not row.prefill.gflop:
             return 1.0
-        seq = s.num_visual + s.text_tokens + 1
+        seq = row.kept + s.text_tokens + 1
         per_layer = decoder_layer_flops(s, seq) / 1e9
-        return (self.unpruned.prefill.gflop + (s.full_layers - s.layers) * per_layer) / self.unpruned.prefill.gflop
+        return (row.prefill.gflop + (s.full_layers - s.layers) * per_layer) / row.prefill.gflop
 
     def full_depth_generate(self, row: Row) -> float:
         """Estimated seconds of ``row``'s language-model generate at ``full_layers``: the measured prefill scaled
@@ -159,11 +165,7 @@ class Report:
         (weights: every layer's plus the output head). Equals the measured figures when the model is built in full.
         """
         s = self.shapes
-        prefill = row.prefill.seconds
-        if s.layers != s.full_layers and row.prefill.gflop:
-            seq = row.kept + s.text_tokens + 1
-            full = row.prefill.gflop + (s.full_layers - s.layers) * decoder_layer_flops(s, seq) / 1e9
-            prefill *= full / row.prefill.gflop
+        prefill = row.prefill.seconds * self.prefill_scale(row)
         decode = row.decode_per_token * decode_flops(s, s.full_layers) / decode_flops(s, s.layers)
         return prefill + (self.new_tokens - 1) * decode
 
