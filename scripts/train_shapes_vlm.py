@@ -167,8 +167,8 @@ def qa_batch(scenes, rng, vocab, max_turns, packed: bool = True, repeat: dict[st
             ids += turn_ids
             labels += turn_labels
             segment += [t if packed else 0] * len(turn_ids)
-            pos += range(len(prefix), len(prefix) + len(turn_ids)) if packed else range(len(pos), len(pos) + len(
-                turn_ids))
+            start = len(prefix) if packed else len(pos)  # packed: every question where it would stand alone
+            pos += range(start, start + len(turn_ids))
         rows.append((ids, labels, segment, pos))
     width = max(len(r[0]) for r in rows)
     input_ids = torch.full((len(rows), width), M.PAD_ID, dtype=torch.long)
