@@ -190,11 +190,18 @@ def component_config(kind: str, spec: ComponentSpec) -> BaseModel:
     try:
         return registered.cls.Config(**spec.params)
     except ValidationError as error:
-        raise ValueError(format_validation_error(error, registered.cls.Config, prefix=f"{kind}.")) from None
+        # the problems alone: the config's own validation wraps them once more, with the "invalid config" heading
+        raise ValueError("; ".join(validation_problems(error, registered.cls.Config, prefix=f"{kind}."))) from None
 
 
 def format_validation_error(error: ValidationError, model: type[BaseModel], prefix: str = "") -> str:
     """One line per problem: ``key = value: what is wrong`` (listing the allowed keys for unknown ones)."""
+    lines = validation_problems(error, model, prefix)
+    return "invalid config:\n  " + "\n  ".join(lines) if len(lines) > 1 else "invalid config: " + lines[0]
+
+
+def validation_problems(error: ValidationError, model: type[BaseModel], prefix: str = "") -> list[str]:
+    """The problems of ``error``, one string each: ``key = value: what is wrong``."""
     lines = []
     for item in error.errors():
         loc = ".".join(str(part) for part in item["loc"])
@@ -209,7 +216,7 @@ def format_validation_error(error: ValidationError, model: type[BaseModel], pref
             lines.append(message)  # already names its keys
         else:
             lines.append(f"{where} = {item['input']!r}: {message}")
-    return "invalid config:\n  " + "\n  ".join(lines) if len(lines) > 1 else "invalid config: " + lines[0]
+    return lines
 
 
 def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:

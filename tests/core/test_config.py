@@ -68,6 +68,13 @@ def test_errors_name_key_value_and_allowed(data, fragments):
         assert fragment in str(info.value)
 
 
+def test_a_component_error_is_headed_once():
+    with pytest.raises(ConfigError) as info:
+        PipelineConfig(selector={"name": "visionzip", "contextual": 3, "contextual_ratio": 0.1})
+    assert str(info.value).startswith("invalid config: give `contextual`")
+    assert str(info.value).count("invalid config") == 1
+
+
 def test_file_errors_name_the_file(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"budget": {"keep": 0}}))
