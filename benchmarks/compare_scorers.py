@@ -5,7 +5,9 @@
 Random weights (nn.Linear's default init) in the shapes 1024 -> 4096 -> 4096 and CLIP-like stand-in features
 (``bench_inputs.features``). Prints GFLOPs (counted by torch's FlopCounterMode), seconds (all in one run, interleaved),
 ratios to the black-box estimator, the largest relative difference structured vs black box, and the Spearman
-correlation of jacobian_norm and of the sketched ZO (``output_sketch`` r, same directions) with exact ZO.
+correlation with exact ZO (seed 0) of: exact ZO with other directions (seed 1, how much the estimator moves with
+its own randomness), the structured path with a bf16 second-layer product, jacobian_norm and the sketched ZO
+(``output_sketch`` r, same directions).
 """
 
 import argparse
@@ -46,10 +48,17 @@ def main() -> None:
     generator = torch.Generator().manual_seed(0)
     u = unit_directions(args.directions, 1024, generator, torch.float32, torch.device("cpu"))
     after_directions = generator.get_state()  # the scorer draws the sketch right after the directions
+    other_u = unit_directions(args.directions, 1024, torch.Generator().manual_seed(1), torch.float32,
+                              torch.device("cpu"))
     cap = 256 * 2**20
     paths = {
         "black_box": lambda: black_box_sensitivity(x, projector, u, 0.01, 16, cap),
         "structured": lambda: structured_sensitivity(x, parts, u, 0.01, 16, cap),
+        # the exact estimator with other directions: how much ZO itself moves with its seed
+        "structured seed 1": lambda: structured_sensitivity(x, parts, other_u, 0.01, 16, cap),
+        # what product_dtype 'auto' does on a bf16 model (here W2 is rounded to bf16 too: a harder case)
+        "structured bf16": lambda: structured_sensitivity(x, parts, u, 0.01, 16, cap,
+                                                          product_dtype=torch.bfloat16),
         "jacobian_norm": lambda: jacobian_norm.jacobian_norm_scores(x, parts),
     }
     if args.no_black_box:
@@ -86,7 +95,7 @@ def main() -> None:
     base_f, base_s = gflop[base], min(seconds[base])
     for name in paths:
         s = min(seconds[name])
-        print(f"{name:14s} {gflop[name]:9.1f} GFLOP ({base_f / gflop[name]:6.1f}x fewer than {base})  {s:7.2f} s "
+        print(f"{name:17s} {gflop[name]:9.1f} GFLOP ({base_f / gflop[name]:6.1f}x fewer than {base})  {s:7.2f} s "
               f"({base_s / s:6.1f}x faster)  runs {[round(t, 2) for t in seconds[name]]}")
     print(f"jacobian_norm K, once per projector: {kernel_gflop:.1f} GFLOP, {kernel_s:.2f} s")
     st = scores["structured"]

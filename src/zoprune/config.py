@@ -36,6 +36,10 @@ class ComponentSpec(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _from_name(cls, value: Any) -> Any:
+        if isinstance(value, dict) and "name" not in value:
+            given = ", ".join(map(str, value)) or "none"
+            raise ValueError(f"no `name` key (keys given: {given}); say which component, as in "
+                             "`{name: coverage, ...}`")
         return {"name": value} if isinstance(value, str) else value
 
     @property
@@ -113,10 +117,16 @@ class PipelineConfig(BaseModel):
     def _validate_components(self) -> "PipelineConfig":
         from zoprune.registry import get_registry
 
+        problems = []  # every component's, not only the first one's
         for kind in ("adapter", "scorer", "selector"):
             spec = getattr(self, kind)
             if spec is not None:
-                component_config(kind, spec)
+                try:
+                    component_config(kind, spec)
+                except ValueError as error:
+                    problems.append(str(error))
+        if problems:
+            raise ValueError("\n  ".join(problems))
         if get_registry().get("selector", self.selector.name).cls.needs_scores and self.scorer is None:
             raise ValueError(f"selector {self.selector.name!r} needs scores, but `scorer` is null")
         return self
@@ -191,13 +201,15 @@ def component_config(kind: str, spec: ComponentSpec) -> BaseModel:
         return registered.cls.Config(**spec.params)
     except ValidationError as error:
         # the problems alone: the config's own validation wraps them once more, with the "invalid config" heading
-        raise ValueError("; ".join(validation_problems(error, registered.cls.Config, prefix=f"{kind}."))) from None
+        raise ValueError("\n  ".join(validation_problems(error, registered.cls.Config, prefix=f"{kind}."))) from None
 
 
 def format_validation_error(error: ValidationError, model: type[BaseModel], prefix: str = "") -> str:
     """One line per problem: ``key = value: what is wrong`` (listing the allowed keys for unknown ones)."""
     lines = validation_problems(error, model, prefix)
-    return "invalid config:\n  " + "\n  ".join(lines) if len(lines) > 1 else "invalid config: " + lines[0]
+    if len(lines) == 1 and "\n" not in lines[0]:
+        return "invalid config: " + lines[0]
+    return "invalid config:\n  " + "\n  ".join(lines)
 
 
 def validation_problems(error: ValidationError, model: type[BaseModel], prefix: str = "") -> list[str]:

@@ -30,7 +30,8 @@ def test_bench_prints_a_table_and_writes_a_chart_and_json(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [(["--preset", "nope"], "unknown preset"),
-                                           (["--preset", "tiny", "--budgets", "a"], "comma-separated integers")])
+                                           (["--preset", "tiny", "--budgets", "a"], "comma-separated integers"),
+                                           (["--preset", "tiny", "--dtype", "half"], "--dtype must be")])
 def test_bench_rejects_bad_options(args, message):
     result = CliRunner().invoke(app, ["bench", *args])
     assert result.exit_code == 2 and message in result.output
@@ -46,12 +47,38 @@ def test_oracle_and_pruned_generate_the_same_tokens():
     assert pruned.overhead.gflop > 0  # the ZO scorer's projector products are counted
 
 
+def test_every_pruned_generate_scores_afresh(monkeypatch):
+    """With repeats, each timed pruned generate must pay for scoring, as a new image would."""
+    from zoprune_plugins.scorers.jacobian_norm import JacobianNorm
+
+    calls = []
+    score = JacobianNorm.score
+    monkeypatch.setattr(JacobianNorm, "score", lambda self, *a: calls.append(1) or score(self, *a))
+    run_bench(PRESETS["tiny"], ["jacobian"], [4], new_tokens=2, repeats=3)
+    # warm-up 1, overhead 3 timed + 1 counted for FLOPs, the selection used 1, generate 3
+    assert len(calls) == 1 + 3 + 1 + 1 + 3
+
+
+def test_bfloat16_model():
+    report = run_bench(PRESETS["tiny"], ["zoo"], [5], new_tokens=2, dtype=torch.bfloat16)
+    pruned, oracle = report.rows[0]
+    assert report.to_dict()["dtype"] == "bfloat16"
+    assert pruned.kept_indices == oracle.kept_indices and len(pruned.kept_indices) == 5
+
+
 def test_extrapolation_adds_the_missing_layers_by_flops():
     import dataclasses
 
     shapes = dataclasses.replace(PRESETS["tiny"], layers=1, full_layers=3)
     report = run_bench(shapes, ["jacobian"], [4], new_tokens=2)
     assert 2.0 < report.extrapolation() < 3.0  # two more layers, plus the parts that do not scale
+
+
+def test_config_files_are_labelled_by_their_stem():
+    from zoprune.bench.speed import method_label
+
+    assert method_label("benchmarks/zoo-sketch256.yaml") == "zoo-sketch256"
+    assert method_label("zoo") == "zoo" and method_label("none+divprune") == "none+divprune"
 
 
 def test_method_config_forms(tmp_path):

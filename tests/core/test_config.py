@@ -58,6 +58,7 @@ def test_yaml_file_with_shorthands(tmp_path):
     ({"selector": {"name": "coverage", "fusion": "max"}}, ["selector.fusion", "'max'", "product", "sum"]),
     ({"scorer": "no_such_scorer"}, ["unknown scorer 'no_such_scorer'", "zo_sensitivity"]),
     ({"selector": "nope"}, ["unknown selector 'nope'", "coverage", "topk"]),
+    ({"selector": {"nam": "coverage"}}, ["selector", "no `name` key", "keys given: nam"]),
     ({"scoring_dtype": "int8"}, ["scoring_dtype", "int8", "float32"]),
     ({"seed": "abc"}, ["seed", "abc"]),
 ])
@@ -73,6 +74,16 @@ def test_a_component_error_is_headed_once():
         PipelineConfig(selector={"name": "visionzip", "contextual": 3, "contextual_ratio": 0.1})
     assert str(info.value).startswith("invalid config: give `contextual`")
     assert str(info.value).count("invalid config") == 1
+
+
+def test_every_components_problems_are_reported():
+    with pytest.raises(ConfigError) as info:
+        PipelineConfig(scorer={"name": "zo_sensitivity", "directions": 0, "step": -1},
+                       selector={"name": "coverage", "fusion": "max"})
+    lines = str(info.value).splitlines()
+    assert lines[0] == "invalid config:"
+    assert [line.split(" = ")[0].strip() for line in lines[1:]] == ["scorer.directions", "scorer.step",
+                                                                     "selector.fusion"]
 
 
 def test_file_errors_name_the_file(tmp_path):

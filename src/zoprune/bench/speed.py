@@ -110,6 +110,12 @@ def method_config(method: str, budget: int, seed: int = 0) -> dict[str, Any]:
     return {**data, "budget": budget, "seed": seed}
 
 
+def method_label(method: str) -> str:
+    """How tables and charts name a method: a config file by its stem (``configs/zoo.yaml`` -> ``zoo``)."""
+    path = Path(method)
+    return path.stem if path.suffix.lower() in (".yaml", ".yml", ".toml", ".json") else method
+
+
 @dataclass
 class Timing:
     """Seconds (median of repeats), peak extra memory (MB) and FLOPs of one phase."""
@@ -143,6 +149,7 @@ class Report:
     repeats: int
     unpruned: Row
     rows: list[tuple[Row, Row]]  # (pruned, its oracle)
+    dtype: str = "float32"  # the model's weights and activations
 
     def extrapolation(self) -> float:
         """Full-model prefill FLOPs / measured prefill FLOPs of the unpruned model (1 when the language model is
@@ -178,7 +185,7 @@ class Report:
         return (base + row.overhead.seconds) / base
 
     def to_dict(self) -> dict[str, Any]:
-        return {"shapes": asdict(self.shapes), "device": self.device, "threads": self.threads,
+        return {"shapes": asdict(self.shapes), "device": self.device, "dtype": self.dtype, "threads": self.threads,
                 "new_tokens": self.new_tokens, "repeats": self.repeats, "extrapolation": self.extrapolation(),
                 "unpruned": asdict(self.unpruned),
                 "rows": [{"pruned": asdict(p), "oracle": asdict(o),
@@ -270,14 +277,19 @@ def measure(fn: Callable[[], Any], repeats: int, device: str, flops: bool = True
 
 
 def run_bench(shapes: Shapes, methods: list[str], budgets: list[int], new_tokens: int = 8, repeats: int = 1,
-              device: str = "cpu", seed: int = 0, progress: Callable[[str], None] | None = None) -> Report:
-    """Measure the unpruned model once and every method at every budget, with its oracle, in one process."""
+              device: str = "cpu", seed: int = 0, progress: Callable[[str], None] | None = None,
+              dtype: torch.dtype = torch.float32) -> Report:
+    """Measure the unpruned model once and every method at every budget, with its oracle, in one process.
+
+    ``dtype``: the model's; the pipelines score in their own scoring dtype (float32 unless a method's config says
+    otherwise), as they would on a real checkpoint of that dtype."""
     import zoprune
 
     say = progress or (lambda _: None)
     say("building the model")
-    model = build_model(shapes, seed=seed, device=device)
+    model = build_model(shapes, seed=seed, dtype=dtype, device=device)
     inputs = build_inputs(shapes, seed=seed, device=device)
+    inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
     gen = {"max_new_tokens": new_tokens, "min_new_tokens": new_tokens, "do_sample": False}
     one = {"max_new_tokens": 1, "do_sample": False}
 
@@ -303,7 +315,8 @@ def run_bench(shapes: Shapes, methods: list[str], budgets: list[int], new_tokens
             for budget in budgets:
                 pruned = zoprune.prune(model, method_config(method, budget, seed))
                 images = pruned._extract(inputs)
-                say(f"{method} @ {budget}: scoring and selection")
+                label = method_label(method)
+                say(f"{label} @ {budget}: scoring and selection")
                 if budget == budgets[0]:  # warm-up, once per method: one-off work (jacobian_norm's K) and caches
                     pruned._select(images, memo=False)
                 # memo=False: the pipeline remembers the scores of the images it last scored; time them every run
@@ -311,19 +324,25 @@ def run_bench(shapes: Shapes, methods: list[str], budgets: list[int], new_tokens
                 selection = pruned._select(images, memo=False)
                 kept = [s.kept for s in selection]
                 pruned_inputs = pruned.adapter.pruned_inputs(inputs, images, kept)
-                row = lm_rows(method, budget, int(sum(k.numel() for k in kept)), overhead,
-                              lambda: pruned_inputs, lambda **kw: pruned.generate(**inputs, **kw),
-                              [int(i) for i in kept[0]])
+
+                def pruned_generate(**kw):
+                    # fresh tensors, as in a new request: the pipeline remembers the scores of the tensors it
+                    # last saw, and a repeat on the same ones would skip the scoring
+                    return pruned.generate(**{name: t.clone() for name, t in inputs.items()}, **kw)
+
+                row = lm_rows(label, budget, int(sum(k.numel() for k in kept)), overhead,
+                              lambda: pruned_inputs, pruned_generate, [int(i) for i in kept[0]])
 
                 def oracle_generate(**kw):
                     found = pruned.adapter.extract(inputs, pruned._projector(images[0].features.dtype),
                                                    images[0].features.dtype)
                     return model.generate(**pruned.adapter.pruned_inputs(inputs, found, kept), **kw)
 
-                oracle = lm_rows(f"{method} oracle", budget, row.kept, None, lambda: pruned_inputs,
+                oracle = lm_rows(f"{label} oracle", budget, row.kept, None, lambda: pruned_inputs,
                                  oracle_generate, row.kept_indices)
                 rows.append((row, oracle))
-    return Report(shapes, device, torch.get_num_threads(), new_tokens, repeats, unpruned, rows)
+    return Report(shapes, device, torch.get_num_threads(), new_tokens, repeats, unpruned, rows,
+                  str(dtype).removeprefix("torch."))
 
 
 def render_table(report: Report):
@@ -333,7 +352,7 @@ def render_table(report: Report):
     base = report.unpruned
     scale = report.extrapolation()
     s = report.shapes
-    title = (f"{s.name}: N={s.num_visual}, LM {s.layers}/{s.full_layers} layers, {report.device}, "
+    title = (f"{s.name}: N={s.num_visual}, LM {s.layers}/{s.full_layers} layers, {report.device} {report.dtype}, "
              f"{report.threads} threads, {report.new_tokens} new tokens, median of {report.repeats}")
     table = Table(title=title)
     for column in ("method", "kept", "overhead s", "overhead / prefill", f"… at {s.full_layers} layers",
@@ -386,7 +405,7 @@ def plot(report: Report, path: str | Path) -> Path:
     ax.axhline(report.unpruned.generate.seconds, color="k", linestyle="--", label="unpruned")
     ax.set_xticks(list(x), labels)
     ax.set_ylabel(f"generate time, {report.new_tokens} new tokens (s)")
-    ax.set_title(f"{report.shapes.name} on {report.device}")
+    ax.set_title(f"{report.shapes.name} on {report.device}, {report.dtype}")
     ax.legend(fontsize=8)
     fig.tight_layout()
     path = Path(path)

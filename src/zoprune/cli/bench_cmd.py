@@ -26,6 +26,8 @@ def bench(
     new_tokens: int = typer.Option(8, "--new-tokens", min=2, help="tokens generated per run"),
     repeats: int = typer.Option(1, "--repeats", min=1, help="runs per phase; the median is reported"),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda"),
+    dtype: str = typer.Option("float32", "--dtype", help="the model's dtype: float32, bfloat16 or float16 "
+                                                        "(float16 is very slow on CPUs)"),
     seed: int = typer.Option(0, "--seed"),
     threads: int | None = typer.Option(None, "--threads", min=1,
                                        help="torch CPU threads for this run (default: torch's own); on cores shared "
@@ -36,6 +38,7 @@ def bench(
     """Measure what pruning costs and saves, as ratios to the unpruned model and to an oracle, in one run."""
     import dataclasses
 
+    import torch
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from zoprune.bench.speed import PRESETS, plot, render_table, run_bench
@@ -52,14 +55,11 @@ def bench(
     if not budget_list or min(budget_list) < 1:
         raise ZopruneError("--budgets needs at least one budget of 1 or more tokens")
     method_list = [m.strip() for m in methods.split(",") if m.strip()]
-    if device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise ZopruneError("--device cuda given but torch sees no CUDA device")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ZopruneError("--device cuda given but torch sees no CUDA device")
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise ZopruneError(f"--dtype must be float32, bfloat16 or float16, not {dtype!r}")
     if threads is not None:
-        import torch
-
         torch.set_num_threads(threads)  # this command's own process: the library never changes it
     steps = 1 + len(method_list) * len(budget_list)
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
@@ -72,7 +72,7 @@ def bench(
             progress.update(task, description=message)
 
         report = run_bench(shapes, method_list, budget_list, new_tokens=new_tokens, repeats=repeats,
-                           device=device, seed=seed, progress=say)
+                           device=device, seed=seed, progress=say, dtype=getattr(torch, dtype))
     console.print(render_table(report))
     scale = report.extrapolation()
     if scale != 1.0:

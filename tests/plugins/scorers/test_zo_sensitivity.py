@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from pydantic import ValidationError
 from scipy.stats import spearmanr
 from torch import nn
 
@@ -113,7 +114,51 @@ def test_bf16_model_ranks_like_fp32_because_perturbations_run_in_fp32(capsys):
     assert rho_naive < rho - 0.2  # the naive estimate is far off: the reason for scoring in fp32
 
 
+def test_bf16_second_layer_product_matches_the_float32_one():
+    """The difference of the branches is formed in float32 first, so a bf16 product loses nothing to cancellation:
+    the scores move by bf16 rounding of the difference only (a bf16 model's W2 is already in bf16)."""
+    projector = llava_like_projector(d_h=256, d_l=192).to(torch.bfloat16).float()  # weights exact in bf16
+    tokens = tokens_for(projector, n=80)
+    u = unit_directions(32, 64, torch.Generator().manual_seed(0), torch.float32, torch.device("cpu"))
+    with torch.no_grad():
+        full = structured_sensitivity(tokens.features, mlp_parts(projector), u, 0.01, chunk=8)
+        half = structured_sensitivity(tokens.features, mlp_parts(projector), u, 0.01, chunk=8,
+                                      product_dtype=torch.bfloat16)
+    assert half.dtype == torch.float32
+    torch.testing.assert_close(half, full, rtol=1e-3, atol=0)
+    assert spearmanr(half, full)[0] > 0.9999
+
+
+@pytest.mark.parametrize("model_dtype, choice, expected", [
+    (torch.bfloat16, "auto", torch.bfloat16),
+    (torch.float16, "auto", torch.float32),  # a CPU has no fast float16 product
+    (torch.float32, "auto", torch.float32),
+    (torch.bfloat16, "scoring", torch.float32),
+    (torch.float32, "bfloat16", torch.bfloat16),
+])
+def test_product_dtype_choice(model_dtype, choice, expected):
+    tokens = tokens_for(llava_like_projector())
+    tokens.model_embeddings = tokens.embeddings.to(model_dtype)
+    scorer = ZOSensitivity(ZOSensitivityConfig(product_dtype=choice))
+    assert scorer._product_dtype(tokens) == expected
+
+
+def test_bf16_model_scores_with_bf16_products_by_default():
+    model = tiny_llava(image_size=64, dtype=torch.bfloat16)
+    inputs = llava_batch(model, [[6, 7]], [1])
+    inputs["pixel_values"] = inputs["pixel_values"].to(torch.bfloat16)
+
+    def scores(product_dtype):
+        scorer = {"name": "zo_sensitivity", "directions": 16, "product_dtype": product_dtype}
+        return zoprune.prune(model, budget=8, scorer=scorer).select(**inputs)[0].scores
+
+    auto, full = scores("auto"), scores("scoring")
+    assert not torch.equal(auto, full)  # the default did take the bf16 product
+    torch.testing.assert_close(auto, full, rtol=1e-3, atol=0)
+
+
 def test_invalid_parameters():
-    for bad in ({"directions": 0}, {"step": 0}, {"step": -1}, {"mode": "fast"}, {"chunk": 0}):
-        with pytest.raises(Exception):
+    for bad in ({"directions": 0}, {"step": 0}, {"step": -1}, {"mode": "fast"}, {"chunk": 0},
+                {"product_dtype": "float8"}):
+        with pytest.raises(ValidationError):
             ZOSensitivityConfig(**bad)

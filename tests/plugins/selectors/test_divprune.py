@@ -6,7 +6,9 @@ import torch
 
 import zoprune
 from zoprune import Context, ImageTokens
-from zoprune_plugins.selectors.divprune import DivPrune, DivPruneConfig, divprune_select, nearest_neighbour_distance
+from zoprune_plugins.selectors import divprune
+from zoprune_plugins.selectors.divprune import (DivPrune, DivPruneConfig, divprune_select, most_isolated,
+                                                nearest_neighbour_distance)
 from tiny_models import llava_batch, tiny_llava
 
 
@@ -50,6 +52,48 @@ def test_first_pick_is_the_most_isolated_token():
     zn = torch.nn.functional.normalize(z, dim=-1)
     full = 1 - zn @ zn.T
     assert torch.allclose(nn, (full + 10 * torch.eye(5)).min(dim=0).values, atol=1e-6)
+
+
+def vlm_like(n, d, seed):
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.randn(12, d, generator=g)
+    z = torch.randn(d, generator=g) + centers[torch.randint(12, (n,), generator=g)] + 0.7 * torch.randn(n, d,
+                                                                                                       generator=g)
+    return z * torch.exp(0.3 * torch.randn(n, 1, generator=g))
+
+
+@pytest.mark.parametrize("kind, n, d, sample, batch", [
+    ("vlm", 3000, 64, 64, 16), ("vlm", 1500, 32, 8, 4), ("gaussian", 2000, 32, 64, 16),
+    ("clustered", 1200, 24, 32, 8), ("gaussian", 300, 16, 2, 1)])
+def test_most_isolated_is_the_argmax_of_every_nearest_neighbour_distance(kind, n, d, sample, batch):
+    z = {"vlm": lambda: vlm_like(n, d, n), "gaussian": lambda: torch.randn(n, d, generator=torch.Generator()
+                                                                           .manual_seed(n)),
+         "clustered": lambda: clustered(n, d, 6, n)}[kind]()
+    assert most_isolated(z, chunk=100, sample=sample, batch=batch) == int(torch.argmax(
+        nearest_neighbour_distance(z, chunk=100)))
+
+
+def test_most_isolated_ties_go_to_the_lower_index():
+    # 12 orthogonal directions, each at distance 1 from every other: all tie; the sample path must still say 0
+    z = torch.eye(12) * torch.arange(1, 13)[:, None]
+    assert most_isolated(z, sample=2, batch=3) == 0
+    # the same with the tokens in reverse order of bound: ties among later batches still go to index 0
+    assert most_isolated(torch.cat([z[:1], -z[1:]]), sample=5, batch=2) == 0
+
+def test_bounds_spare_most_tokens_on_structured_data(monkeypatch):
+    computed = []
+    exact = divprune.nearest_neighbour_distance
+
+    def spy(z, chunk=1024, columns=None):
+        computed.append(z.shape[0] if columns is None else columns.shape[0])
+        return exact(z, chunk, columns)
+
+    monkeypatch.setattr(divprune, "nearest_neighbour_distance", spy)
+    z = vlm_like(4000, 64, 1)
+    first = most_isolated(z, sample=256, batch=32)
+    assert sum(computed) <= 4000 // 10  # at most a tenth of the columns computed exactly
+    monkeypatch.undo()
+    assert first == int(torch.argmax(nearest_neighbour_distance(z)))
 
 
 def test_duplicates_still_give_k_distinct_tokens():
