@@ -43,9 +43,9 @@ class ZOSensitivityConfig(ComponentConfig):
         default="auto",
         description="dtype of the second-layer product of an MLP projector (the bulk of the work; the perturbed "
         "branches and their difference stay in the scoring dtype, so nothing cancels in the product). 'auto': the "
-        "model's own dtype where it is bfloat16, or float16 on CUDA (4x faster than float32 on a CPU with "
-        "AVX-512-BF16, several times on a GPU; scores within ~1e-4 relative of 'scoring'), else the scoring dtype; "
-        "'scoring': the scoring dtype. float16 products are very slow on CPUs. Not used in mode 'black_box'",
+        "model's own dtype where it is bfloat16, or float16 on CUDA, else the scoring dtype (at LLaVA-1.5 shapes on a "
+        "CPU with AVX-512-BF16: 3x faster, scores within 5e-5 relative of 'scoring'; docs/speed.md); 'scoring': "
+        "the scoring dtype. float16 products are very slow on CPUs. Not used in mode 'black_box'",
     )
 
 
