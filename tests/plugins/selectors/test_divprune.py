@@ -77,8 +77,13 @@ def test_most_isolated_ties_go_to_the_lower_index():
     # 12 orthogonal directions, each at distance 1 from every other: all tie; the sample path must still say 0
     z = torch.eye(12) * torch.arange(1, 13)[:, None]
     assert most_isolated(z, sample=2, batch=3) == 0
-    # the same with the tokens in reverse order of bound: ties among later batches still go to index 0
-    assert most_isolated(torch.cat([z[:1], -z[1:]]), sample=5, batch=2) == 0
+    # a tie decided in a later batch: tokens 1 (e0) and 2 (e1) are both at distance 1 from everything near them;
+    # the sampled rows (0, 3, 6, 9) lie near -e1, so token 2's bound (~2) puts it first and token 1 (bound 1) after
+    near = torch.tensor([[0.0, -1.0, 0.01 * i, 0.02 * (i % 3)] for i in range(8)])
+    z = torch.cat([near[:1], torch.eye(4)[:2], near[1:]])  # (10, 4)
+    assert int(torch.argmax(nearest_neighbour_distance(z))) == 1
+    assert most_isolated(z, sample=4, batch=1) == 1
+
 
 def test_bounds_spare_most_tokens_on_structured_data(monkeypatch):
     computed = []
