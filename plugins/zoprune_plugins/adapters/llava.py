@@ -12,7 +12,6 @@ all alike and the language model numbers positions after the pruning, so which p
 
 from __future__ import annotations
 
-import contextlib
 import math
 from typing import Any, Callable
 
@@ -21,7 +20,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from zoprune import ImageTokens, InputError, ModelAdapter, hookimpl
 from zoprune_plugins.adapters.common import drop_columns, pad_token_id, placeholder_counts, require_input_ids
-from zoprune_plugins.adapters.llm_pruning import ImageColumns, InsideLLM
+from zoprune_plugins.adapters.llm_pruning import ImageColumns, inside_language_model
 from zoprune_plugins.adapters.vision_attention import cls_attention, encoder_layers, mean_keys
 
 
@@ -173,12 +172,8 @@ class LlavaAdapter(ModelAdapter):
         text tokens)."""
         input_ids = require_input_ids(inputs)
         images, always, never = self.llm_columns(inputs, input_ids)
-        if not images:  # text only: nothing to prune
-            return contextlib.nullcontext()
-        language_model = self._inner.language_model
-        return InsideLLM(language_model.layers, layer, images, inputs.get("attention_mask"), input_ids.shape[1],
-                         input_ids.shape[0], select, dtype, language_model.config._attn_implementation,
-                         always=always, never=never)
+        return inside_language_model(self._inner.language_model, inputs, input_ids, layer, images, select, dtype,
+                                     always=always, never=never)
 
     def llm_columns(self, inputs: dict[str, Any], input_ids: torch.Tensor
                     ) -> tuple[list[ImageColumns], torch.Tensor | None, torch.Tensor | None]:

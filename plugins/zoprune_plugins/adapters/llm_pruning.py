@@ -26,6 +26,7 @@ masks, which flash and flex attention do not use).
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -49,6 +50,19 @@ class ImageColumns:
     columns: torch.Tensor  # (N,) long
     source: Any = None  # the image or video this entry is part of (None: the entry is the whole of it)
     view: int = 0
+
+
+def inside_language_model(language_model: torch.nn.Module, inputs: dict[str, Any], input_ids: torch.Tensor,
+                          layer: int, images: list["ImageColumns"],
+                          select: Callable[[list[ImageTokens]], list[torch.Tensor]], dtype: torch.dtype,
+                          always: torch.Tensor | None = None, never: torch.Tensor | None = None) -> Any:
+    """:class:`InsideLLM` on ``language_model``'s decoder layers for ``input_ids`` (B, L), or a null context when
+    there are no image entries (text only: nothing to prune). What adapters return from ``inside_llm``."""
+    if not images:
+        return contextlib.nullcontext()
+    return InsideLLM(language_model.layers, layer, images, inputs.get("attention_mask"), input_ids.shape[1],
+                     input_ids.shape[0], select, dtype, language_model.config._attn_implementation,
+                     always=always, never=never)
 
 
 def check_decoder_layer(layer: torch.nn.Module) -> None:

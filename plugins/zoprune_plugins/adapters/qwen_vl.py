@@ -33,7 +33,6 @@ placeholders and ``*_grid_thw`` without running the vision tower.
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any, Callable, Literal
 
 import torch
@@ -45,7 +44,7 @@ from zoprune_plugins.adapters.common import (ViewTokens, VisualInput, assign_to_
                                              encoder_outputs, kept_per_input, number_in_prompt, pad_token_id,
                                              placeholder_columns, placeholder_counts, require_input_ids,
                                              shared_budgets, strip)
-from zoprune_plugins.adapters.llm_pruning import ImageColumns, InsideLLM
+from zoprune_plugins.adapters.llm_pruning import ImageColumns, inside_language_model
 
 _VISION_KEYS = ("pixel_values", "pixel_values_videos", "image_grid_thw", "video_grid_thw", "second_per_grid_ts",
                 "position_ids", "rope_deltas")
@@ -193,12 +192,8 @@ class Qwen2VLAdapter(ModelAdapter):
         """FastV's hook point on the Qwen2 language model (see ``llm_pruning.InsideLLM`` and the module
         docstring); ``select`` gets ``extras["llm_attention"]`` and ``extras["llm_attention_text"]`` per entry."""
         input_ids = require_input_ids(inputs)
-        images = self.llm_columns(inputs, input_ids)
-        if not images:  # text only: nothing to prune
-            return contextlib.nullcontext()
-        language_model = self._inner.language_model
-        return InsideLLM(language_model.layers, layer, images, inputs.get("attention_mask"), input_ids.shape[1],
-                         input_ids.shape[0], select, dtype, language_model.config._attn_implementation)
+        return inside_language_model(self._inner.language_model, inputs, input_ids, layer,
+                                     self.llm_columns(inputs, input_ids), select, dtype)
 
     def llm_columns(self, inputs: dict[str, Any], input_ids: torch.Tensor) -> list[ImageColumns]:
         """The entries ``extract`` would emit, as columns of the prompt: per image, per video or per temporal
