@@ -296,23 +296,26 @@ def prune(model: torch.nn.Module, config: PipelineConfig | dict | str | Path | N
     scorer_entry = config.component("scorer")
     selector_cls, selector_config = config.component("selector")
     scorer = scorer_entry[0](scorer_entry[1]) if scorer_entry is not None else None
-    if scorer is not None and not scorer.requires <= adapter.provides:
-        missing = ", ".join(sorted(scorer.requires - adapter.provides))
-        raise ConfigError(f"scorer {scorer.name!r} needs {missing}, which adapter {adapter.name!r} cannot provide")
+    if scorer is not None:
+        _check_provided("scorer", scorer, adapter)
     if selector_cls.stage == "in_llm" and scorer is not None:
         raise ConfigError(f"selector {selector_cls.name!r} ranks tokens inside the language model by its own "
                           f"signal; set `scorer: null` (it has {scorer.name!r})")
     selector = selector_cls(selector_config)
-    if not frozenset(selector.requires) <= adapter.provides:
-        missing = ", ".join(sorted(frozenset(selector.requires) - adapter.provides))
-        raise ConfigError(f"selector {selector.name!r} needs {missing}, which adapter {adapter.name!r} cannot "
-                          f"provide")
+    _check_provided("selector", selector, adapter)
     if selector.merges and not adapter.places_merged:
         raise ConfigError(f"selector {selector.name!r} merges tokens, and adapter {adapter.name!r} cannot place "
                           f"merged tokens in the prompt; use a selector that only keeps tokens")
     if selector.merges and selector.stage == "in_llm":
         raise ConfigError(f"selector {selector.name!r}: merging inside the language model is not supported")
     return PrunedModel(model, config, adapter, scorer, selector)
+
+
+def _check_provided(kind: str, component: Scorer | Selector, adapter: ModelAdapter) -> None:
+    missing = frozenset(component.requires) - adapter.provides
+    if missing:
+        raise ConfigError(f"{kind} {component.name!r} needs {', '.join(sorted(missing))}, which adapter "
+                          f"{adapter.name!r} cannot provide")
 
 
 def resolve_config(config: PipelineConfig | dict | str | Path | None = None, **overrides: Any) -> PipelineConfig:
