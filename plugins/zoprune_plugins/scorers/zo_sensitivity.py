@@ -177,12 +177,12 @@ def structured_sensitivity(x: torch.Tensor, parts: MLPParts, directions: torch.T
     product_dtype = product_dtype or x.dtype
     w2t = w2t.to(product_dtype)
     d_h, d_l = w2t.shape
-    # alive at the peak: the two activated branches, their difference (in place), its cast, the product and the
-    # product's float32 copy for the norm (the last two only when the dtypes differ)
+    # alive at the peak: the two activated branches, their difference (in place) and the product; the difference's
+    # cast when the product runs in another dtype, and the product's float32 copy for the norm when it is not float32
     size, product_size = x.element_size(), w2t.element_size()
     per_pair = 3 * d_h * size + d_l * product_size
-    if product_dtype != x.dtype:
-        per_pair += d_h * product_size + (d_l * 4 if product_dtype != torch.float32 else 0)
+    per_pair += d_h * product_size if product_dtype != x.dtype else 0
+    per_pair += d_l * 4 if product_dtype != torch.float32 else 0
     c, block = batch_shape(directions.shape[0], x.shape[0], chunk, per_pair, max_bytes)
     total = torch.zeros(x.shape[0], dtype=torch.float32, device=x.device)
     for v in moves.split(c):  # v: (c, d_h)
