@@ -11,8 +11,9 @@ from zoprune.errors import ZopruneError
 
 
 def resolve_method(text: str) -> tuple[str, PipelineConfig]:
-    """A method given on the command line: a config file, a registered method name (``zoprune plugins`` lists
-    them), a selector name, or ``SCORER+SELECTOR``. Returns a label and the config."""
+    """A method as ``--method`` and ``method=`` take it: a config file, a registered method name (``zoprune plugins``
+    lists them), a selector name, or ``SCORER+SELECTOR``. Returns a label and the config; a ZopruneError lists the
+    known methods when ``text`` is none of these."""
     from zoprune.registry import get_registry
 
     registry = get_registry()
