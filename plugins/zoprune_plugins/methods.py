@@ -21,6 +21,12 @@ METHODS: dict[str, tuple[dict, str]] = {
                   "VisionZip: dominant tokens by [CLS] attention + contextual tokens merged by key similarity"),
     "fastv": ({"scorer": None, "selector": "fastv"},
               "FastV: attention of the last prompt token in LLM layer K-1 (K = 2), pruned from layer K on"),
+    "scope": ({"scorer": "cls_attention", "selector": "scope"},
+              "SCOPE: [CLS] attention x facility-location coverage gain"),
+    "vispruner": ({"scorer": "cls_attention", "selector": "vispruner"},
+                  "VisPruner: top [CLS]-attention tokens + the least duplicated of the rest"),
+    "zo-mmr": ({"scorer": "zo_sensitivity", "selector": "mmr"},
+               "ZO sensitivity with maximal-marginal-relevance selection (lambda = 0.5)"),
     "random": ({"scorer": None, "selector": "random"}, "random tokens (seeded): the floor"),
     "uniform": ({"scorer": None, "selector": "uniform"}, "a regular grid over the patches: the floor"),
 }

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
 from pydantic import Field
@@ -47,9 +47,11 @@ def coverage_select(scores: torch.Tensor, embeddings: torch.Tensor, k: int,
 
 
 def greedy_max_cosine(s: torch.Tensor, embeddings: torch.Tensor, k: int, first: int,
-                      fusion: str = "product", hot: int = 256, promote: int = 64, rows: int = 1024) -> torch.Tensor:
+                      fusion: str | Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = "product",
+                      hot: int = 256, promote: int = 64, rows: int = 1024) -> torch.Tensor:
     """Greedy selection by ``gain_i = s_i * (1 - max_{j kept} cos(z_i, z_j))`` (``s_i + (1 - max cos)`` for
-    ``fusion='sum'``), starting from ``first``; returns the k indices sorted ascending.
+    ``fusion='sum'``, or ``fusion(s, max_cos)`` for any gain that does not rise with ``max_cos``), starting from
+    ``first``; returns the k indices sorted ascending.
 
     Exact lazy greedy with a small "hot" set. A token's gain can only fall as the kept set grows, so a gain computed
     against an older kept set bounds the current one from above (a "stale bound"). The ``hot`` tokens that compete
@@ -127,7 +129,8 @@ def greedy_max_cosine(s: torch.Tensor, embeddings: torch.Tensor, k: int, first: 
 
 
 def _promote(incoming: torch.Tensor, t: int, embeddings: torch.Tensor, kept_rows: torch.Tensor,
-             max_cos: torch.Tensor, seen: torch.Tensor, bound: torch.Tensor, s: torch.Tensor, fusion: str,
+             max_cos: torch.Tensor, seen: torch.Tensor, bound: torch.Tensor, s: torch.Tensor,
+             fusion: str | Callable,
              hot_rows: torch.Tensor, hot_index: torch.Tensor, hot_cos: torch.Tensor, hot_s: torch.Tensor,
              hot_gain: torch.Tensor) -> None:
     """Bring the cold tokens ``incoming`` up to date against kept_rows[:t] and move them into the hot set in place
@@ -176,7 +179,9 @@ def unit_rows(rows: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.normalize(rows.float(), dim=-1)
 
 
-def _gain(s: torch.Tensor, max_cos: torch.Tensor, fusion: str) -> torch.Tensor:
+def _gain(s: torch.Tensor, max_cos: torch.Tensor, fusion: str | Callable) -> torch.Tensor:
+    if callable(fusion):  # any gain that falls as max_cos rises (MMR's), so stale bounds stay upper bounds
+        return fusion(s, max_cos)
     return s * (1 - max_cos) if fusion == "product" else s + (1 - max_cos)
 
 
