@@ -86,7 +86,10 @@ class Registry:
             if not isinstance(name, str) or not name:
                 raise PluginError(f"plugin {plugin!r} registered {cls.__name__} without a `name`")
             existing = self.components[kind].get(name)
-            if existing is not None and existing.cls is not cls:
+            # a second registration under a taken name is an error even for the same class: the first one would be
+            # silently replaced, and with it the plugin and distribution a user is told provide the component.
+            # Only a plugin repeating its own registration of the same class is harmless.
+            if existing is not None and (existing.cls is not cls or existing.plugin != plugin):
                 raise PluginError(
                     f"{kind} name {name!r} is registered twice: by {existing.plugin!r} ({existing.distribution}) "
                     f"and by {plugin!r} ({distribution})"

@@ -8,16 +8,23 @@ from zoprune.cli import app
 
 
 def test_default_eval_runs_on_the_shipped_model(tmp_path):
+    # what the benchmark exists to show, on few enough questions to stay quick: ZOO-Prune at 8 of 144 tokens keeps
+    # most of the trained model's accuracy and random tokens do not, with 95% intervals that do not overlap
+    # (measured on these 100 questions: unpruned 97%, zoo-prune 86%, random 39%)
     out = tmp_path / "eval"
-    result = CliRunner().invoke(app, ["eval", "-m", "zoo-prune", "-m", "random", "-b", "16", "--n", "28",
+    result = CliRunner().invoke(app, ["eval", "-m", "zoo-prune", "-m", "random", "-b", "8", "--n", "100",
                                       "--out", str(out), "--no-plot"])
     assert result.exit_code == 0, result.output
-    assert "shapes held-out set (28 questions, seed 20261124)" in result.output.replace("\n", " ")
+    assert "shapes held-out set (100 questions, seed 20261124)" in result.output.replace("\n", " ")
     rows = json.loads((out / "results.json").read_text())
-    assert [(r["method"], r["budget"]) for r in rows] == [("unpruned", None), ("zoo-prune", 16), ("random", 16)]
-    assert rows[0]["total_tokens"] == rows[0]["kept_tokens"] == 144 and rows[1]["kept_tokens"] == 16
-    assert set(rows[0]["by_kind"]) == {"colour", "shape", "size", "count", "exists", "position", "digit"}
-    assert rows[0]["accuracy"] > 0.3  # a trained model: above the answer prior even on 28 questions
+    assert [(r["method"], r["budget"]) for r in rows] == [("unpruned", None), ("zoo-prune", 8), ("random", 8)]
+    unpruned, zoo, random = rows
+    assert unpruned["total_tokens"] == unpruned["kept_tokens"] == 144
+    assert zoo["kept_tokens"] == random["kept_tokens"] == 8
+    assert set(unpruned["by_kind"]) == {"colour", "shape", "size", "count", "exists", "position", "digit"}
+    assert unpruned["ci_low"] > 0.85  # a trained model, far above the answer prior of its 7 question kinds
+    assert zoo["ci_low"] > random["ci_high"]  # the intervals separate
+    assert zoo["relative"] > 0.75 and random["relative"] < 0.6
 
 
 def test_run_uses_the_shipped_model(tmp_path):

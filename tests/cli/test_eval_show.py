@@ -3,22 +3,66 @@
 import csv
 import json
 
+import pytest
+import torch
 from PIL import Image
 from typer.testing import CliRunner
 
 from zoprune.cli import app
 
 runner = CliRunner()
+METHODS = ["zoo-prune", "zo-topk", "contrast+stratified"]
+BUDGETS = [8, 4]
 
 
 def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args])
+    return runner.invoke(app, [str(a) for a in args], env={"COLUMNS": "200"})
 
 
-def test_eval_writes_table_csv_json_and_plot(tiny_checkpoint, tiny_vqa_jsonl, tmp_path):
+def generated_answers(model, processor, examples, batch_size=4):
+    """Greedy answers of ``model`` (the model or a pruned one), batched as the eval batches them."""
+    from zoprune.cli.loading import prompt_text
+
+    answers = []
+    for start in range(0, len(examples), batch_size):
+        batch = examples[start:start + batch_size]
+        inputs = processor(images=[e.image for e in batch], text=[prompt_text(processor, e.question) for e in batch],
+                           return_tensors="pt", padding=True)
+        with torch.no_grad():
+            output = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+        answers += processor.batch_decode(output[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    return answers
+
+
+@pytest.fixture(scope="module")
+def answered_vqa(tiny_checkpoint, tiny_vqa_jsonl, tmp_path_factory):
+    """The 6 questions with the unpruned tiny model's own answers as the truth for the first 4 and "yes" for the
+    last 2, so accuracies, intervals and relative accuracies are not all 0 or None; with the loaded model."""
+    from zoprune.cli.loading import load_model
+    from zoprune.evaluation import load_jsonl
+
+    model, processor = load_model(str(tiny_checkpoint))
+    answers = generated_answers(model, processor, load_jsonl(tiny_vqa_jsonl))
+    rows = [json.loads(line) for line in tiny_vqa_jsonl.read_text().splitlines()]
+    for i, row in enumerate(rows):
+        row["image"] = str(tiny_vqa_jsonl.parent / row["image"])
+        row["answer"] = answers[i] if i < 4 else "yes"
+    path = tmp_path_factory.mktemp("answered") / "data.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path, model, processor
+
+
+def test_eval_writes_table_csv_json_and_plot(answered_vqa, tmp_path):
+    from scipy.stats import binomtest
+
+    import zoprune
+    from zoprune.cli.loading import resolve_method
+    from zoprune.evaluation import load_jsonl, normalize
+
+    data, model, processor = answered_vqa
     out = tmp_path / "eval"
-    result = invoke("eval", "--model", tiny_checkpoint, "--data", tiny_vqa_jsonl, "-m", "zoo-prune", "-m", "zo-topk",
-                    "-m", "contrast+stratified", "-b", 8, "-b", 4, "--out", out, "--batch-size", 4)
+    args = [arg for m in METHODS for arg in ("-m", m)] + [arg for b in BUDGETS for arg in ("-b", b)]
+    result = invoke("eval", "--model", model.name_or_path, "--data", data, *args, "--out", out, "--batch-size", 4)
     assert result.exit_code == 0, result.output
     assert "95% interval" in result.output and "relative" in result.output
     rows = json.loads((out / "results.json").read_text())
@@ -33,6 +77,32 @@ def test_eval_writes_table_csv_json_and_plot(tiny_checkpoint, tiny_vqa_jsonl, tm
         table = list(csv.DictReader(handle))
     assert len(table) == 7 and {"accuracy", "ci_low", "ci_high", "relative", "accuracy_colour"} <= set(table[0])
     assert (out / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # every number again, from answers generated here and scipy's Wilson interval
+    examples = load_jsonl(data)
+    truth = [normalize(e.answer) for e in examples]
+    runs = [generated_answers(model, processor, examples)]
+    for method in METHODS:
+        config = resolve_method(method)[1]
+        runs += [generated_answers(zoprune.prune(model, config, budget=b), processor, examples) for b in BUDGETS]
+    correct = [sum(normalize(a) == t for a, t in zip(answers, truth)) for answers in runs]
+    assert correct[0] == 4  # the unpruned model answers the first 4 as recorded, and not "yes"
+    assert any(c != correct[0] for c in correct[1:])  # pruning changed some answers: relative accuracy is not 1
+    printed = {}
+    for line in result.output.splitlines():
+        cells = [cell.strip() for cell in line.split("│")[1:-1]]
+        if len(cells) == 5 and cells[0] in ["unpruned", *METHODS]:
+            printed[(cells[0], cells[1])] = cells[2:]
+    for row, csv_row, c in zip(rows, table, correct):
+        interval = binomtest(c, 6).proportion_ci(confidence_level=0.95, method="wilson")
+        relative = (c / 6) / (correct[0] / 6)
+        assert row["correct"] == c and row["accuracy"] == pytest.approx(c / 6)
+        assert (row["ci_low"], row["ci_high"]) == pytest.approx((interval.low, interval.high), abs=3e-5)
+        assert row["relative"] == pytest.approx(relative) and float(csv_row["relative"]) == pytest.approx(relative)
+        kept = f"{row['kept_tokens']:g} / 16"
+        assert printed[(row["method"], kept)] == [f"{100 * c / 6:.1f}%",
+                                                  f"{100 * interval.low:.1f} - {100 * interval.high:.1f}",
+                                                  f"{100 * relative:.1f}%"]
 
 
 def test_eval_errors(tiny_checkpoint, tiny_vqa_jsonl, tmp_path):

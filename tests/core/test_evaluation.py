@@ -42,3 +42,80 @@ def test_jsonl_errors_name_the_line(tmp_path):
         load_jsonl(path)
     with pytest.raises(InputError, match="not found"):
         load_jsonl(tmp_path / "nope.jsonl")
+
+
+def _scipy_wilson(correct, total):
+    """The 95% Wilson interval from scipy (z = 1.95996...; ours rounds z to 1.96: measured gap below 7.4e-6)."""
+    from scipy.stats import binomtest
+
+    interval = binomtest(correct, total).proportion_ci(confidence_level=0.95, method="wilson")
+    return interval.low, interval.high
+
+
+def test_wilson_interval_matches_scipy():
+    for correct, total in [(0, 7), (3, 7), (7, 7), (412, 1000), (999, 1000)]:
+        assert wilson_interval(correct, total) == pytest.approx(_scipy_wilson(correct, total), abs=3e-5)
+
+
+def test_evaluate_reports_relative_accuracy_intervals_and_means_computed_here(monkeypatch):
+    """evaluate()'s arithmetic on scripted answers: accuracy, relative accuracy (pruned / unpruned), Wilson
+    intervals and mean kept tokens, each recomputed here from the script, on rows where none of them is trivial."""
+    import zoprune.evaluation as evaluation
+    from tiny_models import tiny_llava
+
+    truth = ["red", "two", "yes", "blue", "no", "three", "green", "left", "one", "square"]
+    kinds = ["colour", "count", "exists", "colour", "exists", "count", "colour", "position", "count", "shape"]
+    examples = [Example(None, f"q{i}", answer, kind) for i, (answer, kind) in enumerate(zip(truth, kinds))]
+    # which questions each run answers correctly, and the tokens its images kept; runs are told apart by their
+    # scorer (method "a" scores by norm, "b" by zo_sensitivity) and budget
+    right = {
+        None: ({0, 1, 2, 3, 4, 5, 6, 7}, [16] * 10),  # unpruned: 8 / 10
+        ("norm", 8): ({0, 1, 2, 3, 4, 5}, [8] * 10),  # 6 / 10
+        ("norm", 4): ({0, 2, 9}, [4] * 10),  # 3 / 10
+        ("zo_sensitivity", 8): ({0, 1, 2, 3, 4, 5, 6, 9}, [8] * 9 + [7]),  # 8 / 10; one image kept 7
+        ("zo_sensitivity", 4): (set(range(10)), [4] * 10),  # 10 / 10: better than unpruned
+    }
+
+    def scripted(models, processor, examples, prompt, batch_size=32, max_new_tokens=4, on_batch=None):
+        out = []
+        for model in models:
+            budget = model.config.budget.keep
+            key = None if budget == evaluation.KEEP_ALL else (model.config.scorer.name, budget)
+            hits, kept = right[key]
+            answers = [e.answer.upper() + "." if i in hits else "wrong" for i, e in enumerate(examples)]
+            out.append((answers, kept, [16] * len(examples)))
+        return out
+
+    monkeypatch.setattr(evaluation, "answer_all", scripted)
+    methods = {"a": evaluation.PipelineConfig(scorer="norm", selector="topk"),
+               "b": evaluation.PipelineConfig(scorer="zo_sensitivity", selector="topk")}
+    results = evaluation.evaluate(tiny_llava(), None, examples, methods, [8, 4], prompt=lambda q: q)
+    assert [(r.method, r.budget) for r in results] == [("unpruned", None), ("a", 8), ("a", 4), ("b", 8), ("b", 4)]
+    expected_correct = [8, 6, 3, 8, 10]
+    for result, correct in zip(results, expected_correct):
+        assert (result.correct, result.total) == (correct, 10)
+        assert result.accuracy == pytest.approx(correct / 10)
+        assert result.relative == pytest.approx(correct / 8)  # pruned over unpruned, never the other way round
+        assert (result.ci_low, result.ci_high) == pytest.approx(_scipy_wilson(correct, 10), abs=3e-5)
+    assert [r.kept_tokens for r in results] == [16, 8, 4, pytest.approx(7.9), 4]
+    assert all(r.total_tokens == 16 for r in results)
+    assert results[2].by_kind == {"colour": pytest.approx(1 / 3), "count": 0.0, "exists": pytest.approx(1 / 2),
+                                  "position": 0.0, "shape": 1.0}
+    assert results[4].relative == pytest.approx(1.25)  # above 1 when pruning happens to help
+
+
+def test_relative_accuracy_is_none_when_the_unpruned_model_scores_nothing(monkeypatch):
+    import zoprune.evaluation as evaluation
+    from tiny_models import tiny_llava
+
+    examples = [Example(None, "q", "red"), Example(None, "q", "blue")]
+
+    def scripted(models, processor, examples, prompt, batch_size=32, max_new_tokens=4, on_batch=None):
+        return [(["red", "green"] if model.config.budget.keep != evaluation.KEEP_ALL else ["no", "no"], [4, 4],
+                 [16, 16]) for model in models]
+
+    monkeypatch.setattr(evaluation, "answer_all", scripted)
+    results = evaluation.evaluate(tiny_llava(), None, examples, {"m": evaluation.PipelineConfig(scorer="norm")}, [4],
+                                  prompt=lambda q: q)
+    assert results[0].relative == 1.0 and results[0].accuracy == 0.0
+    assert results[1].accuracy == 0.5 and results[1].relative is None

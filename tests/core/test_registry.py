@@ -102,3 +102,84 @@ def test_a_selector_returning_bad_indices_is_named():
         from zoprune.registry import reload_registry
 
         reload_registry()
+
+
+def _plugin_registering(kind: str, cls: type):
+    """A plugin object whose one hook registers ``cls`` as a ``kind``."""
+
+    def hook(register):
+        register(cls)
+
+    return type("Plugin", (), {f"register_{kind}s": staticmethod(zoprune.hookimpl(hook))})
+
+
+def test_a_second_component_under_a_taken_name_raises_naming_both_plugins():
+    class RivalNorm(zoprune.Scorer):
+        name = "norm"
+
+        def score(self, tokens, ctx):
+            return torch.zeros(tokens.num_tokens)
+
+    registry = load_registry()
+    builtin = registry.get("scorer", "norm").cls
+    with pytest.raises(PluginError) as info:
+        registry.register_plugin(_plugin_registering("scorer", RivalNorm), "rival", "rival-distribution")
+    message = str(info.value)
+    assert "scorer name 'norm' is registered twice" in message
+    assert "'norm' (zoprune)" in message and "'rival' (rival-distribution)" in message
+    found = registry.get("scorer", "norm")  # the first registration stands
+    assert found.cls is builtin and (found.plugin, found.distribution) == ("norm", "zoprune")
+
+
+def test_the_same_class_registered_again_by_another_plugin_raises():
+    # re-registering a built-in's own class under another plugin would silently take over its attribution
+    registry = load_registry()
+    topk = registry.get("selector", "topk")
+    with pytest.raises(PluginError, match=r"selector name 'topk' is registered twice: by 'topk' \(zoprune\) and "
+                                          r"by 'copycat' \(copycat-distribution\)"):
+        registry.register_plugin(_plugin_registering("selector", topk.cls), "copycat", "copycat-distribution")
+    assert registry.get("selector", "topk") == topk
+
+
+def test_a_plugin_repeating_its_own_registration_is_harmless():
+    class Twice(zoprune.Selector):
+        name = "test_twice"
+        needs_scores = False
+
+        def select(self, scores, tokens, k, ctx):
+            return torch.arange(k)
+
+    class Plugin:
+        @staticmethod
+        @zoprune.hookimpl
+        def register_selectors(register):
+            register(Twice)
+            register(Twice)
+
+    registry = load_registry()
+    registry.register_plugin(Plugin, "twice")
+    assert registry.get("selector", "test_twice").cls is Twice
+
+
+def test_an_installed_plugin_reusing_a_taken_name_is_reported_and_the_first_one_kept(monkeypatch, tmp_path):
+    # a third-party distribution shipping a selector named like a built-in: reported, never a silent replacement
+    (tmp_path / "rival_plugin_zp.py").write_text(
+        "import torch\nimport zoprune\n\n"
+        "class Rival(zoprune.Selector):\n    name = 'coverage'\n    needs_scores = False\n\n"
+        "    def select(self, scores, tokens, k, ctx):\n        return torch.arange(k)\n\n"
+        "@zoprune.hookimpl\ndef register_selectors(register):\n    register(Rival)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    real = importlib.metadata.entry_points
+
+    def with_rival(**kwargs):
+        found = list(real(**kwargs))
+        if kwargs.get("group") == "zoprune":
+            found.append(importlib.metadata.EntryPoint(name="rival", value="rival_plugin_zp", group="zoprune"))
+        return found
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", with_rival)
+    registry = load_registry()
+    assert "selector name 'coverage' is registered twice: by 'coverage' (zoprune) and by 'rival'" in (
+        registry.failures["rival"])
+    found = registry.get("selector", "coverage")
+    assert (found.plugin, found.distribution) == ("coverage", "zoprune") and found.cls.__name__ != "Rival"

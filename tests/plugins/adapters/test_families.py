@@ -106,3 +106,45 @@ def test_every_selector_runs_on_every_family(family, selector):
     assert not isinstance(result, ConfigError), result
     assert result and all(s.num_kept == 3 for s in result)
     assert all(bool((s.kept[1:] > s.kept[:-1]).all()) and int(s.kept.max()) < s.num_tokens for s in result)
+
+
+def _bf16_llava(attn):
+    from tiny_models import llava_batch, tiny_llava
+
+    model = tiny_llava(dtype=torch.bfloat16, attn_implementation=attn)
+    inputs = llava_batch(model, [[6, 7, 8, 9], [6, 19]], [2, 1])
+    return model, {**inputs, "pixel_values": inputs["pixel_values"].to(torch.bfloat16)}
+
+
+def _bf16_llava_next(attn):
+    model = tiny_llava_next(dtype=torch.bfloat16, attn_implementation=attn)
+    return model, llava_next_batch(model, [[7, 8, 9], [10]], [[(30, 20), (16, 16)], [(20, 30)]])
+
+
+def _bf16_qwen(build):
+    def make(attn):
+        model = build(dtype=torch.bfloat16, attn_implementation=attn)
+        return model, qwen_batch(model, [[7, 8, 9], [10]], [[("image", (1, 4, 6)), ("video", (2, 4, 4))],
+                                                           [("image", (1, 6, 4))]])
+    return make
+
+
+BF16_FAMILIES = {"llava": _bf16_llava, "llava_next": _bf16_llava_next, "qwen2_vl": _bf16_qwen(tiny_qwen2_vl),
+                 "qwen2_5_vl": _bf16_qwen(tiny_qwen2_5_vl)}
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+@pytest.mark.parametrize("name", list(BF16_FAMILIES))
+def test_keep_all_is_exact_in_bfloat16(name, attn):
+    # real checkpoints run in bf16 while the scorers work in float32: the language model must get the model's own
+    # bf16 embeddings, not the float32 scoring ones rounded back (on a float32 model the two are the same tensor)
+    model, inputs = BF16_FAMILIES[name](attn)
+    pruned = zoprune.prune(model, budget=10_000)
+    assert pruned.config.torch_dtype(model.dtype) == torch.float32  # the scoring dtype differs from the model's
+    greedy = {"max_new_tokens": 5, "do_sample": False}
+    with torch.no_grad():
+        expected = model(**inputs).logits
+    logits = pruned(**inputs).logits
+    assert logits.dtype == torch.bfloat16 and torch.equal(logits, expected)
+    assert torch.equal(pruned.generate(**inputs, **greedy), model.generate(**inputs, **greedy))
+    assert all(s.kept.numel() == s.num_tokens for s in pruned.last_selection)

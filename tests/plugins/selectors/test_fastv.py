@@ -205,3 +205,34 @@ def test_a_batch_prunes_each_prompt_as_alone(models):
         kept += [s.kept.tolist() for s in single.last_selection]
     assert selections == kept
     assert torch.equal(output[:, -GREEDY["max_new_tokens"]:], torch.stack(alone))
+
+
+@pytest.mark.parametrize("query", ["last", "text"])
+def test_each_query_keeps_the_top_k_of_its_own_eager_attention(models, query):
+    """The kept tokens are computed here from eager attention maps of layer K-1, on prompts where the last token's
+    ranking and the mean text ranking disagree, so ranking by the wrong query cannot pass."""
+    k = 4
+    inputs = llava_batch(models["sdpa"], [[6, 7, 8, 9, 10, 19], [7, 19]], [1, 2])
+    with torch.no_grad():
+        attentions = models["eager"](**inputs, output_attentions=True).attentions[1].mean(dim=1)  # (B, L, L)
+    ids, mask = inputs["input_ids"], inputs["attention_mask"].bool()
+    n = tokens_per_image(models["sdpa"])
+    expected, disagree = {}, 0
+    for sample, count in enumerate([1, 2]):
+        text = mask[sample] & (ids[sample] != IMAGE_TOKEN_ID)  # every real token that is not an image's
+        for image in range(count):
+            columns = (ids[sample] == IMAGE_TOKEN_ID).nonzero().squeeze(-1)[image * n:(image + 1) * n]
+            rows = {"last": attentions[sample, -1, columns], "text": attentions[sample][text][:, columns].mean(dim=0)}
+            top = {}
+            for name, row in rows.items():
+                values = torch.sort(row, descending=True).values
+                # no near-tie at the cut (the smallest gap here is 1.5e-5; the adapter's rows differ from eager
+                # attention by 4e-9): the reference selection is unambiguous
+                assert values[k - 1] - values[k] > 4e-8
+                top[name] = sorted(torch.topk(row, k).indices.tolist())
+            disagree += top["last"] != top["text"]
+            expected[(sample, image)] = top[query]
+    assert disagree == 3  # on every image the two queries keep different tokens
+    pruned = fastv(models["sdpa"], k, query=query)
+    selections = pruned.select(**inputs)
+    assert {(s.sample, s.image): s.kept.tolist() for s in selections} == expected
