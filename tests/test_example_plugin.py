@@ -51,9 +51,11 @@ def test_a_bad_parameter_in_the_file_is_named(tmp_path):
 def test_plugins_command_lists_the_example_with_its_distribution():
     result = runner.invoke(app, ["plugins"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
-    rows = {line.split("│")[2].strip(): line for line in result.output.splitlines() if line.count("│") >= 5}
-    for name, kind in (("contrast", "scorer"), ("stratified", "selector")):
-        assert kind in rows[name] and "zoprune-example" in rows[name] and "example" in rows[name]
+    lines = result.output.splitlines()
+    for name, kind in (("contrast", "scorer"), ("stratified", "selector"), ("contrast-stratified", "method")):
+        at = lines.index(f"  {name}  ({kind})")
+        origin = next(line for line in lines[at + 1:] if ", plugin " in line or line.startswith("      from "))
+        assert origin.strip().endswith("from zoprune-example, plugin example"), origin
 
 
 def test_the_method_is_registered_with_its_plugin():

@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from zoprune.cli.app import app, console, friendly_errors
+from zoprune.cli.output import print_table
 from zoprune.errors import ZopruneError
 
 
@@ -73,10 +74,10 @@ def bench(
 
         report = run_bench(shapes, method_list, budget_list, new_tokens=new_tokens, repeats=repeats,
                            device=device, seed=seed, progress=say, dtype=getattr(torch, dtype))
-    console.print(render_table(report))
+    print_table(console, render_table(report))
     scale = report.extrapolation()
     if scale != 1.0:
-        console.print(f"[dim]'at {shapes.full_layers} layers': overhead over the prefill extrapolated by FLOPs "
+        console.print(f"[dim]'overhead / prefill at {shapes.full_layers} layers': overhead over the prefill extrapolated by FLOPs "
                       f"(x{scale:.1f} the measured prefill); 'vs oracle at {shapes.full_layers} layers (est.)': "
                       f"(oracle's generate + overhead) / oracle's generate, with the oracle's prefill and decode "
                       f"scaled by FLOPs to {shapes.full_layers} layers; the other columns are as measured[/]")

@@ -10,6 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from zoprune.cli.app import app, console, friendly_errors
+from zoprune.cli.output import print_table
 from zoprune.cli.loading import available_methods, load_model, prompt_text, resolve_method
 from zoprune.errors import ZopruneError
 
@@ -69,7 +70,7 @@ def eval_command(
         table.add_row(r.method, f"{r.kept_tokens:g} / {r.total_tokens:g}", f"{100 * r.accuracy:.1f}%",
                       f"{100 * r.ci_low:.1f} - {100 * r.ci_high:.1f}",
                       f"{100 * r.relative:.1f}%" if r.relative is not None else "-")
-    console.print(table)
+    print_table(console, table)
     written = write_results(results, out)
     if plot:
         written.append(plot_results(results, out / "accuracy.png", title=f"accuracy on {source}"))
