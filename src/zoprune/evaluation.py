@@ -102,8 +102,10 @@ def shapes_examples(n: int, seed: int) -> list[Example]:
 @torch.no_grad()
 def answer_all(models: Sequence[Any], processor: Any, examples: Sequence[Example], prompt: Callable[[str], str],
                batch_size: int = 32, max_new_tokens: int = 4,
-               on_batch: Callable[[int], None] | None = None) -> list[tuple[list[str], list[int], list[int]]]:
+               on_batch: Callable[[int], None] | None = None,
+               device: str | torch.device | None = None) -> list[tuple[list[str], list[int], list[int]]]:
     """Greedy answers of each model (a model or a PrunedModel) with the visual tokens kept and seen per image.
+    The processor's outputs are moved to ``device`` when one is given (the models' device).
 
     Every model answers a batch before the next batch is built, so PrunedModels that are budget twins
     (:meth:`PrunedModel.at_budget`) score each batch once. Returns ``(answers, kept, total)`` per model.
@@ -115,6 +117,8 @@ def answer_all(models: Sequence[Any], processor: Any, examples: Sequence[Example
         batch = examples[start:start + batch_size]
         inputs = processor(images=[e.image for e in batch], text=[prompt(e.question) for e in batch],
                            return_tensors="pt", padding=True)
+        if device is not None:
+            inputs = inputs.to(device)
         length = inputs["input_ids"].shape[1]
         for model, (answers, kept, total) in zip(models, results):
             output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
@@ -144,18 +148,19 @@ def score(method: str, budget: int | None, examples: Sequence[Example], answers:
 
 def evaluate(model: Any, processor: Any, examples: Sequence[Example], methods: dict[str, PipelineConfig],
              budgets: Sequence[int], prompt: Callable[[str], str], batch_size: int = 32,
-             on_batch: Callable[[int], None] | None = None) -> list[Result]:
-    """The unpruned model, then every method at every budget, on the same examples."""
+             on_batch: Callable[[int], None] | None = None, device: str | torch.device | None = None) -> list[Result]:
+    """The unpruned model, then every method at every budget, on the same examples (moved to ``device``, the
+    model's, when given)."""
     # keeping every token gives exactly the unpruned model's outputs (a tested guarantee) and counts the tokens
     (answers, kept, total), = answer_all([prune(model, budget=KEEP_ALL)], processor, examples, prompt, batch_size,
-                                         on_batch=on_batch)
+                                         on_batch=on_batch, device=device)
     reference = score(UNPRUNED, None, examples, answers, kept, total)
     reference.relative = 1.0
     results = [reference]
     for name, config in methods.items():
         base = prune(model, config)
         runs = answer_all([base.at_budget(b) for b in budgets], processor, examples, prompt, batch_size,
-                          on_batch=on_batch)
+                          on_batch=on_batch, device=device)
         for budget, (answers, kept, total) in zip(budgets, runs):
             result = score(name, budget, examples, answers, kept, total)
             result.relative = result.accuracy / reference.accuracy if reference.accuracy else None

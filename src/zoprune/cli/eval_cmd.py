@@ -11,7 +11,7 @@ from rich.table import Table
 
 from zoprune.cli.app import app, console, friendly_errors
 from zoprune.cli.output import print_table
-from zoprune.cli.loading import available_methods, load_model, prompt_text, resolve_method
+from zoprune.cli.loading import available_methods, check_device, load_model, prompt_text, resolve_method
 from zoprune.errors import ZopruneError
 
 DEFAULT_BUDGETS = [64, 32, 16, 8]
@@ -34,6 +34,7 @@ def eval_command(
     batch_size: int = typer.Option(50, "--batch-size", min=1),
     out: Path = typer.Option(Path("zoprune-eval"), "--out", help="folder for results.csv, results.json, accuracy.png"),
     plot: bool = typer.Option(True, "--plot/--no-plot", help="write accuracy.png (needs matplotlib)"),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N"),
 ) -> None:
     """Accuracy of each method at each budget against the unpruned model, on the same questions."""
     from zoprune.evaluation import evaluate, load_jsonl, plot_results, shapes_examples, write_results
@@ -44,8 +45,9 @@ def eval_command(
     methods = dict(resolve_method(m) for m in (method or available_methods()))
     if plot:
         require_matplotlib()
+    check_device(device)
     with console.status("loading model and data"):
-        hf_model, processor = load_model(model)
+        hf_model, processor = load_model(model, device=device)
         if data is not None:
             examples, source = load_jsonl(data), str(data)
         elif model is None:
@@ -61,7 +63,7 @@ def eval_command(
                   TimeRemainingColumn(), console=console) as progress:
         task = progress.add_task("evaluating", total=runs * len(examples))
         results = evaluate(hf_model, processor, examples, methods, budgets, lambda q: prompt_text(processor, q),
-                           batch_size=batch_size, on_batch=lambda count: progress.advance(task, count))
+                           batch_size=batch_size, on_batch=lambda count: progress.advance(task, count), device=device)
 
     table = Table(title=f"accuracy on {source}")
     for column in ("method", "kept / image", "accuracy", "95% interval", "relative"):
