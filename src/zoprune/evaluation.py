@@ -18,7 +18,7 @@ import torch
 
 from zoprune.config import PipelineConfig
 from zoprune.errors import InputError
-from zoprune.pipeline import prune
+from zoprune.pipeline import PrunedModel, prune
 
 UNPRUNED = "unpruned"
 KEEP_ALL = 2**31 - 1  # a budget no image reaches
@@ -49,6 +49,7 @@ class Result:
     ci_high: float
     relative: float | None = None  # accuracy / unpruned accuracy
     by_kind: dict[str, float] | None = None
+    config: dict[str, Any] | None = None  # the pipeline config that ran, every parameter written out
 
 
 def normalize(text: str) -> str:
@@ -110,8 +111,6 @@ def answer_all(models: Sequence[Any], processor: Any, examples: Sequence[Example
     Every model answers a batch before the next batch is built, so PrunedModels that are budget twins
     (:meth:`PrunedModel.at_budget`) score each batch once. Returns ``(answers, kept, total)`` per model.
     """
-    from zoprune.pipeline import PrunedModel
-
     results: list[tuple[list[str], list[int], list[int]]] = [([], [], []) for _ in models]
     for start in range(0, len(examples), batch_size):
         batch = examples[start:start + batch_size]
@@ -159,13 +158,21 @@ def evaluate(model: Any, processor: Any, examples: Sequence[Example], methods: d
     results = [reference]
     for name, config in methods.items():
         base = prune(model, config)
-        runs = answer_all([base.at_budget(b) for b in budgets], processor, examples, prompt, batch_size,
-                          on_batch=on_batch, device=device)
-        for budget, (answers, kept, total) in zip(budgets, runs):
+        twins = [base.at_budget(b) for b in budgets]
+        runs = answer_all(twins, processor, examples, prompt, batch_size, on_batch=on_batch, device=device)
+        for budget, twin, (answers, kept, total) in zip(budgets, twins, runs):
             result = score(name, budget, examples, answers, kept, total)
+            result.config = ran_config(twin)
             result.relative = result.accuracy / reference.accuracy if reference.accuracy else None
             results.append(result)
     return results
+
+
+def ran_config(pruned: PrunedModel) -> dict[str, Any]:
+    """The config ``pruned`` runs, every parameter written out, with the adapter it detected for the model."""
+    config = pruned.config.resolved_dict()
+    config.setdefault("adapter", {"name": pruned.adapter.name, **pruned.adapter.config.model_dump(mode="json")})
+    return config
 
 
 def write_results(results: Sequence[Result], out_dir: Path) -> list[Path]:

@@ -8,10 +8,12 @@ from typing import List, Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from zoprune.cli.app import app, console, friendly_errors
 from zoprune.cli.output import print_table
-from zoprune.cli.loading import available_methods, check_device, load_model, prompt_text, resolve_method
+from zoprune.cli.loading import (available_methods, check_device, load_model, method_notes, prompt_text,
+                                 resolve_method)
 from zoprune.errors import ZopruneError
 
 DEFAULT_BUDGETS = [64, 32, 16, 8]
@@ -32,7 +34,9 @@ def eval_command(
     n: int = typer.Option(1000, "--n", min=1, help="questions generated for the shapes held-out set"),
     seed: int = typer.Option(HELD_OUT_SEED, "--seed", help="seed of the generated held-out set"),
     batch_size: int = typer.Option(50, "--batch-size", min=1),
-    out: Path = typer.Option(Path("zoprune-eval"), "--out", help="folder for results.csv, results.json, accuracy.png"),
+    out: Path = typer.Option(Path("zoprune-eval"), "--out",
+                             help="folder for results.csv, results.json (with each method's whole config), "
+                                  "accuracy.png"),
     plot: bool = typer.Option(True, "--plot/--no-plot", help="write accuracy.png (needs matplotlib)"),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N"),
 ) -> None:
@@ -42,7 +46,9 @@ def eval_command(
     budgets = budget or DEFAULT_BUDGETS
     if any(b < 1 for b in budgets):
         raise ZopruneError(f"budgets must be at least 1 token, got {sorted(budgets)}")
-    methods = dict(resolve_method(m) for m in (method or available_methods()))
+    resolved = [(m, *resolve_method(m)) for m in (method or available_methods())]
+    methods = {label: config for _, label, config in resolved}
+    notes = [note for text, _, config in resolved for note in method_notes(text, config, budget_given=True)]
     if plot:
         require_matplotlib()
     check_device(device)
@@ -58,6 +64,8 @@ def eval_command(
 
     console.print(f"[bold]data:[/] {source}   [bold]methods:[/] {', '.join(methods)}   "
                   f"[bold]budgets:[/] {', '.join(map(str, budgets))}", highlight=False)
+    for note in notes:
+        console.print(Text("note: ", style="yellow") + Text(note), highlight=False)
     runs = 1 + len(methods) * len(budgets)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TimeRemainingColumn(), console=console) as progress:

@@ -143,6 +143,22 @@ def resolve_method(text: str) -> tuple[str, PipelineConfig]:
                        f"a selector or SCORER+SELECTOR")
 
 
+def method_notes(text: str, config: PipelineConfig, budget_given: bool) -> list[str]:
+    """What resolving ``text`` decided that the text itself does not say, for the command to print: a default
+    scorer added to a bare selector name, a config file's budget replaced by the command's."""
+    from zoprune.registry import get_registry
+
+    notes = []
+    is_file = Path(text).suffix.lower() in (".yaml", ".yml", ".toml", ".json")
+    if is_file and budget_given and "budget" in config.model_fields_set:
+        budget = config.budget.model_dump(exclude_none=True)
+        notes.append(f"{text}: the file's budget {budget} is replaced by the command's budgets")
+    if not is_file and text not in get_registry().methods and "+" not in text and config.scorer is not None:
+        notes.append(f"{text}: the selector needs scores and none was named, so the default scorer "
+                     f"{config.scorer.name!r} is used (SCORER+{text} names another)")
+    return notes
+
+
 def available_methods() -> list[str]:
     """Registered methods whose components are installed."""
     from zoprune.registry import get_registry

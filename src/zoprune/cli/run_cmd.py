@@ -8,9 +8,11 @@ from typing import Optional
 
 import torch
 import typer
+from rich.text import Text
 
 from zoprune.cli.app import app, console, friendly_errors
-from zoprune.cli.loading import check_device, load_image, load_model, pipeline_config, prompt_text, resolve_method
+from zoprune.cli.loading import (check_device, load_image, load_model, method_notes, pipeline_config, prompt_text,
+                                 resolve_method)
 from zoprune.errors import ZopruneError
 
 
@@ -38,6 +40,10 @@ def run(
     source = resolve_method(method)[1] if method is not None else str(config) if config else None
     cfg = pipeline_config(source, keep=keep, ratio=ratio)
     check_device(device)
+    if method is not None or config is not None:
+        notes = method_notes(method or str(config), cfg, budget_given=keep is not None or ratio is not None)
+        for note in notes:
+            console.print(Text("note: ", style="yellow") + Text(note), highlight=False)
     picture = load_image(image)
     with console.status("loading model"):
         hf_model, processor = load_model(model, dtype=dtype, device=device)
