@@ -10,6 +10,7 @@ from html import unescape
 from pathlib import Path
 
 import jsonschema
+import numpy as np
 import pytest
 import yaml
 from pydantic import Field
@@ -19,6 +20,7 @@ import zoprune
 from zoprune.cli import app
 from zoprune.reference import cli_reference, config_reference, pipeline_schema
 from zoprune.registry import reload_registry
+from zoprune.shapes.data import make_example
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
@@ -73,6 +75,9 @@ def test_pages_include_the_real_code_and_the_api_reference(site):
     readme = (ROOT / "README.md").read_text()
     test_command = readme.split("<!-- test-command -->")[1].split("```bash\n")[1].split("\n```")[0]
     assert test_command in text(page(site, "getting-started"))  # the README's commands, included verbatim
+    example = make_example(np.random.default_rng(1))
+    assert f'--prompt "{example.question}"' in text(page(site, "getting-started"))  # filled by the hook
+    assert "shapes_example(" not in page(site, "getting-started")
     api = page(site, "reference/api")
     for name in zoprune.__all__:
         if name != "hookimpl":
