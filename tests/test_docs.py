@@ -79,11 +79,36 @@ def test_pages_include_the_real_code_and_the_api_reference(site):
     assert f'--prompt "{example.question}"' in text(page(site, "getting-started"))  # filled by the hook
     assert "shapes_example(" not in page(site, "getting-started")
     api = page(site, "reference/api")
-    for name in zoprune.__all__:
-        if name != "hookimpl":
-            assert f'id="zoprune.{name}"' in api, name
     assert ":class:" not in api
     assert "Results" in page(site, "accuracy") and "0.1.0" in page(site, "changelog")
+
+
+def test_every_public_name_has_a_rendered_api_entry(site):
+    api = page(site, "reference/api")
+    for name in zoprune.__all__:
+        assert f'id="zoprune.{name}"' in api, name
+    # pydantic models are documented by their fields, not as ``(**data)``
+    for model, fields in ((zoprune.PipelineConfig, 6), (zoprune.Budget, 2)):
+        assert len(model.model_fields) == fields
+        for field in model.model_fields:
+            assert f'id="zoprune.{model.__name__}.{field}"' in api, (model.__name__, field)
+    assert 'id="zoprune.PrunedModel.last_selection"' in api
+    # the package docstring's example is a code block, one statement per line
+    blocks = [text(b) for b in re.findall(r"<pre\b.*?</pre>", api, re.S)]
+    assert any("import zoprune\npruned = zoprune.prune(model" in b for b in blocks), blocks[:3]
+    hooks = page(site, "reference/api/hookspecs")
+    assert "::" not in text(hooks).replace("std::", "")
+    assert any("[project.entry-points.zoprune]" in text(b) for b in re.findall(r"<pre\b.*?</pre>", hooks, re.S))
+
+
+def test_navigation_titles_are_short_and_identifiers_in_tables_stay_whole(site):
+    home = (site / "index.html").read_text()
+    titles = [" ".join(text(t).split()) for t in re.findall(r'<span class="md-ellipsis">(.*?)</span>', home, re.S)]
+    assert len(titles) > 20 and "ZOO-Prune" in titles
+    long = [t for t in titles if len(t) > 26]
+    assert not long, long  # longer ones wrap to two or three lines in the sidebar
+    assert 'href="stylesheets/extra.css"' in home
+    assert "white-space: nowrap" in (site / "stylesheets" / "extra.css").read_text()
 
 
 def tiny_site(tmp_path: Path, pages: dict[str, str]) -> Path:

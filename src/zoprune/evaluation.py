@@ -195,8 +195,26 @@ def write_results(results: Sequence[Result], out_dir: Path) -> list[Path]:
     return [json_path, csv_path]
 
 
+#: the tab10 colours and seven markers: 7 and 10 share no factor, so method i's (colour i % 10, marker i % 7) pair
+#: repeats only after 70 methods, and neighbours in the legend differ in both
+PLOT_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+                "#17becf")
+PLOT_MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+DEFAULT_METHOD = "zoo-prune"  # the paper's method, PipelineConfig's defaults
+
+
+def plot_styles(methods: Sequence[str], first: str = DEFAULT_METHOD) -> dict[str, dict[str, Any]]:
+    """Line styles for the accuracy plot, in legend order: ``first`` (when present) leads with a thicker line drawn
+    on top, and every method gets its own (colour, marker) pair."""
+    ordered = sorted(dict.fromkeys(methods), key=lambda m: m != first)  # stable: the others keep their order
+    return {method: {"color": PLOT_COLOURS[i % len(PLOT_COLOURS)], "marker": PLOT_MARKERS[i % len(PLOT_MARKERS)],
+                     "linewidth": 2.4 if method == first else 1.2, "zorder": 3 if method == first else 2}
+            for i, method in enumerate(ordered)}
+
+
 def plot_results(results: Sequence[Result], path: Path, title: str = "") -> Path:
-    """Accuracy versus visual tokens kept, one line per method, the unpruned accuracy as a dashed reference."""
+    """Accuracy versus visual tokens kept, one line per method (styled by :func:`plot_styles`), the unpruned
+    accuracy as a dashed reference."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -204,13 +222,13 @@ def plot_results(results: Sequence[Result], path: Path, title: str = "") -> Path
 
     figure, axis = plt.subplots(figsize=(7, 4.5), dpi=120)
     reference = next((r for r in results if r.method == UNPRUNED), None)
-    methods = [m for m in dict.fromkeys(r.method for r in results) if m != UNPRUNED]
-    for method in methods:
+    styles = plot_styles([r.method for r in results if r.method != UNPRUNED])
+    for method, style in styles.items():
         rows = sorted((r for r in results if r.method == method), key=lambda r: r.kept_tokens)
         x = [r.kept_tokens for r in rows]
         y = [100 * r.accuracy for r in rows]
         error = [[100 * (r.accuracy - r.ci_low) for r in rows], [100 * (r.ci_high - r.accuracy) for r in rows]]
-        axis.errorbar(x, y, yerr=error, marker="o", capsize=3, label=method)
+        axis.errorbar(x, y, yerr=error, capsize=3, label=method, **style)
     if reference is not None:
         axis.axhline(100 * reference.accuracy, color="black", linestyle="--",
                      label=f"unpruned ({reference.kept_tokens:.0f} tokens)")
@@ -222,7 +240,10 @@ def plot_results(results: Sequence[Result], path: Path, title: str = "") -> Path
     axis.set_ylabel("accuracy (%), 95% interval")
     axis.set_title(title or "accuracy versus visual tokens kept")
     axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
+    handles, labels = axis.get_legend_handles_labels()  # matplotlib lists plain lines (unpruned) first
+    order = sorted(range(len(labels)), key=lambda i: labels[i] not in styles)  # the methods, then unpruned
+    axis.legend([handles[i] for i in order], [labels[i] for i in order], fontsize=8,
+                ncol=2 if len(styles) > 10 else 1)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path)

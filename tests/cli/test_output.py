@@ -89,3 +89,21 @@ def test_docstrings_become_plain_text():
     assert plain("keeps ``k`` tokens of :class:`~zoprune.Budget`\n    over two lines") == \
         "keeps k tokens of zoprune.Budget over two lines"
     assert summary("First paragraph\n    continues.\n\n    Second.") == "First paragraph continues."
+
+
+def command_names():
+    return [info.name or info.callback.__name__ for info in app.registered_commands if not info.hidden]
+
+
+def test_help_at_80_columns_is_whole_and_flags_take_no_value():
+    result = runner.invoke(app, ["--help"], env={"COLUMNS": "80"})
+    assert result.exit_code == 0
+    assert_readable(result.output)
+    assert "..." not in result.output.split("Commands:")[1]  # no command's summary cut short (set short_help)
+    for name in command_names():
+        result = runner.invoke(app, [name, "--help"], env={"COLUMNS": "80"})
+        assert result.exit_code == 0, (name, result.output)
+        assert_readable(result.output)
+        assert "<bool>" not in result.output, name
+    flags = runner.invoke(app, ["run", "--help"], env={"COLUMNS": "80"}).output
+    assert any(line.split()[:1] == ["--compare"] and "also answer" in line for line in flags.splitlines())

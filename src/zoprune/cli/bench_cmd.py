@@ -14,7 +14,7 @@ from zoprune.cli.output import print_table
 from zoprune.errors import ZopruneError
 
 
-@app.command()
+@app.command(short_help="What pruning costs and saves in time, memory and FLOPs.")
 @friendly_errors
 def bench(
     preset: str = typer.Option("llava-1.5-7b", "--preset",

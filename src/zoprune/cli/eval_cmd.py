@@ -20,7 +20,7 @@ DEFAULT_BUDGETS = [64, 32, 16, 8]
 HELD_OUT_SEED = 20261124  # the shapes model was trained on other seeds; see its model card
 
 
-@app.command("eval")
+@app.command("eval", short_help="Accuracy of methods at several budgets.")
 @friendly_errors
 def eval_command(
     method: Optional[List[str]] = typer.Option(

@@ -14,11 +14,11 @@ from zoprune.cli.output import summary
 _TITLES = {"adapter": "Adapters", "scorer": "Scorers", "selector": "Selectors"}
 
 
-@app.command()
+@app.command(short_help="Registered adapters, scorers, selectors and methods.")
 def plugins() -> None:
     """List every registered adapter, scorer, selector and method, with the plugin and distribution providing it.
 
-    One line per name (so ``zoprune plugins | grep NAME`` finds it), then its description and origin, indented
+    One line per name (so `zoprune plugins | grep NAME` finds it), then its description and origin, indented
     and wrapped to the terminal.
     """
     from zoprune.registry import get_registry

@@ -16,7 +16,7 @@ from zoprune.cli.loading import (check_device, load_image, load_model, method_no
 from zoprune.errors import ZopruneError
 
 
-@app.command()
+@app.command(short_help="Answer a prompt about an image with a pruned model.")
 @friendly_errors
 def run(
     image: Path = typer.Option(..., "--image", help="image file"),

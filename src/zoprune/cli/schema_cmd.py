@@ -11,15 +11,15 @@ import typer
 from zoprune.cli.app import app, console, friendly_errors
 
 
-@app.command()
+@app.command(short_help="The JSON Schema of pipeline config files.")
 @friendly_errors
 def schema(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="write the schema to this file instead of stdout"),
 ) -> None:
     """Print the JSON Schema of a pipeline config, with every installed component's parameters.
 
-    Point an editor at it (e.g. ``# yaml-language-server: $schema=zoprune.schema.json`` at the top of a YAML
-    config) to get completion and errors while typing: ``zoprune schema > zoprune.schema.json``.
+    Point an editor at it (e.g. `# yaml-language-server: $schema=zoprune.schema.json` at the top of a YAML
+    config) to get completion and errors while typing: `zoprune schema > zoprune.schema.json`.
     """
     from zoprune.reference import pipeline_schema
 
