@@ -285,4 +285,11 @@ def test_links_to_repository_files_outside_docs(tmp_path):
     config["repo_url"] = "https://github.com/owner/zoprune/"
     assert hooks.on_page_markdown(markdown, page, config, None).startswith(
         "[the adapter](https://github.com/owner/zoprune/blob/main/plugins/zoprune_plugins/adapters/llava.py) [gone]")
-    assert hooks.on_page_content(':class:<code>~zoprune.Budget</code>', None, None, None) == "<code>zoprune.Budget</code>"
+    html = ":class:<code>~zoprune.Budget</code>"
+    assert hooks.on_page_content(html, None, None, None) == "<code>zoprune.Budget</code>"
+
+
+def test_pictures_live_in_one_folder():
+    pictures = [p.relative_to(ROOT / "docs") for p in (ROOT / "docs").rglob("*")
+                if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".svg", ".gif")]
+    assert pictures and all(p.parts[0] == "images" for p in pictures), pictures
