@@ -69,14 +69,16 @@ def test_eval_errors(tiny_checkpoint, tiny_vqa_jsonl, tmp_path):
     assert result.exit_code == 2 and "unknown method 'no-such-method'" in result.output
     result = invoke("eval", "--model", tiny_checkpoint, "-m", "zoo-prune", "--no-plot")
     assert result.exit_code == 2 and "--data is required" in result.output
-    result = invoke("eval", "--model", tiny_checkpoint, "--data", tiny_vqa_jsonl, "-m", "zoo-prune", "-b", 0, "--no-plot")
+    result = invoke("eval", "--model", tiny_checkpoint, "--data", tiny_vqa_jsonl, "-m", "zoo-prune", "-b", 0,
+                    "--no-plot")
     assert result.exit_code == 2 and "at least 1" in result.output
 
 
 def test_show_writes_a_png_with_one_panel_per_method(tiny_checkpoint, sample_image, tmp_path):
     out = tmp_path / "kept.png"
-    result = invoke("show", "--model", tiny_checkpoint, "--image", sample_image, "--prompt", "what colour is the circle ?",
-                    "-m", "zoo-prune", "-m", "zo-topk", "--keep", 5, "--out", out, "--max-new-tokens", 2)
+    result = invoke("show", "--model", tiny_checkpoint, "--image", sample_image,
+                    "--prompt", "what colour is the circle ?", "-m", "zoo-prune", "-m", "zo-topk", "--keep", 5,
+                    "--out", out, "--max-new-tokens", 2)
     assert result.exit_code == 0, result.output
     assert result.output.count("kept 5 / 16") == 2
     with Image.open(out) as png:

@@ -77,8 +77,9 @@ def bench(
     print_table(console, render_table(report))
     scale = report.extrapolation()
     if scale != 1.0:
-        console.print(f"[dim]'overhead / prefill at {shapes.full_layers} layers': overhead over the prefill extrapolated by FLOPs "
-                      f"(x{scale:.1f} the measured prefill); 'vs oracle at {shapes.full_layers} layers (est.)': "
+        console.print(f"[dim]'overhead / prefill at {shapes.full_layers} layers': overhead over the prefill "
+                      f"extrapolated by FLOPs (x{scale:.1f} the measured prefill); "
+                      f"'vs oracle at {shapes.full_layers} layers (est.)': "
                       f"(oracle's generate + overhead) / oracle's generate, with the oracle's prefill and decode "
                       f"scaled by FLOPs to {shapes.full_layers} layers; the other columns are as measured[/]")
     if png is not None:
