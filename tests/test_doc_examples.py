@@ -139,3 +139,12 @@ def test_readme_python_example_on_the_shipped_model_runs(capsys):
     assert len(answers) == 2 and all(isinstance(a, str) and a.strip() for a in answers)
     assert [s.num_kept for s in namespace["pruned"].last_selection] == [16, 16]
     assert namespace["inputs"]["input_ids"].shape[0] == 2
+
+
+def test_plugins_concept_page_example_runs_as_pasted():
+    import zoprune
+
+    (block,) = code_blocks("concepts/plugins.md", "python")
+    namespace: dict = {}
+    exec(compile(block, "concepts/plugins.md", "exec"), namespace)  # imports included: no NameError
+    assert issubclass(namespace["Contrast"], zoprune.Scorer) and callable(namespace["register_scorers"])
