@@ -10,6 +10,7 @@ from html import unescape
 from pathlib import Path
 
 import jsonschema
+import numpy as np
 import pytest
 import yaml
 from pydantic import Field
@@ -19,6 +20,7 @@ import zoprune
 from zoprune.cli import app
 from zoprune.reference import cli_reference, config_reference, pipeline_schema
 from zoprune.registry import reload_registry
+from zoprune.shapes.data import make_example
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
@@ -49,14 +51,18 @@ def text(html: str) -> str:
 def test_generated_references_list_every_registered_component(site):
     registry = zoprune.get_registry()
     config_page = page(site, "reference/config")
-    for reg in registry.all():
+    for reg in registry.restricted_to({"zoprune"}).all():
         assert f'id="{reg.name}' in config_page, reg.name  # a heading per component
         for parameter in reg.cls.Config.model_fields:
             assert f"<code>{parameter}</code>" in config_page, (reg.name, parameter)
-    assert "zoprune-example" in config_page  # a third-party plugin appears without anyone editing a page
-    assert "contrast-stratified" in config_page  # and so do the methods it registers
+    # the site documents zoprune's own components, whatever the builder installed (the test extra installs the
+    # example plugin); `zoprune schema --reference` is the page for an installation with plugins
+    assert "contrast" not in config_page and "zoprune-example" not in config_page
+    assert "zoprune schema --reference" in config_page
     schema = json.loads((site / "reference/zoprune.schema.json").read_text())
-    assert schema == pipeline_schema()
+    own = registry.restricted_to({"zoprune"})
+    assert schema == pipeline_schema(own) and "scorer.contrast" not in schema["$defs"]
+    assert "scorer.contrast" in pipeline_schema()["$defs"]
     cli_page = page(site, "reference/cli")
     for info in app.registered_commands:
         name = info.name or info.callback.__name__
@@ -73,12 +79,40 @@ def test_pages_include_the_real_code_and_the_api_reference(site):
     readme = (ROOT / "README.md").read_text()
     test_command = readme.split("<!-- test-command -->")[1].split("```bash\n")[1].split("\n```")[0]
     assert test_command in text(page(site, "getting-started"))  # the README's commands, included verbatim
+    example = make_example(np.random.default_rng(1))
+    assert f'--prompt "{example.question}"' in text(page(site, "getting-started"))  # filled by the hook
+    assert "shapes_example(" not in page(site, "getting-started")
     api = page(site, "reference/api")
-    for name in zoprune.__all__:
-        if name != "hookimpl":
-            assert f'id="zoprune.{name}"' in api, name
     assert ":class:" not in api
     assert "Results" in page(site, "accuracy") and "0.1.0" in page(site, "changelog")
+
+
+def test_every_public_name_has_a_rendered_api_entry(site):
+    api = page(site, "reference/api")
+    for name in zoprune.__all__:
+        assert f'id="zoprune.{name}"' in api, name
+    # pydantic models are documented by their fields, not as ``(**data)``
+    for model, fields in ((zoprune.PipelineConfig, 6), (zoprune.Budget, 2)):
+        assert len(model.model_fields) == fields
+        for field in model.model_fields:
+            assert f'id="zoprune.{model.__name__}.{field}"' in api, (model.__name__, field)
+    assert 'id="zoprune.PrunedModel.last_selection"' in api
+    # the package docstring's example is a code block, one statement per line
+    blocks = [text(b) for b in re.findall(r"<pre\b.*?</pre>", api, re.S)]
+    assert any("import zoprune\npruned = zoprune.prune(model" in b for b in blocks), blocks[:3]
+    hooks = page(site, "reference/api/hookspecs")
+    assert "::" not in text(hooks).replace("std::", "")
+    assert any("[project.entry-points.zoprune]" in text(b) for b in re.findall(r"<pre\b.*?</pre>", hooks, re.S))
+
+
+def test_navigation_titles_are_short_and_identifiers_in_tables_stay_whole(site):
+    home = (site / "index.html").read_text()
+    titles = [" ".join(text(t).split()) for t in re.findall(r'<span class="md-ellipsis">(.*?)</span>', home, re.S)]
+    assert len(titles) > 20 and "ZOO-Prune" in titles
+    long = [t for t in titles if len(t) > 26]
+    assert not long, long  # longer ones wrap to two or three lines in the sidebar
+    assert 'href="stylesheets/extra.css"' in home
+    assert "white-space: nowrap" in (site / "stylesheets" / "extra.css").read_text()
 
 
 def tiny_site(tmp_path: Path, pages: dict[str, str]) -> Path:
@@ -176,6 +210,15 @@ def test_schema_rejects_what_zoprune_rejects(validator, bad):
         zoprune.PipelineConfig.from_dict(bad)
 
 
+def test_schema_reference_lists_every_installed_component_and_method():
+    result = CliRunner().invoke(app, ["schema", "--reference"])
+    assert result.exit_code == 0, result.output
+    assert result.output == config_reference()
+    for reg in zoprune.get_registry().all():
+        assert f"### `{reg.name}`" in result.output, reg.name
+    assert "`zoprune-example`" in result.output and "`contrast-stratified`" in result.output
+
+
 def test_schema_command_prints_and_writes_the_schema(tmp_path):
     runner = CliRunner()
     result = runner.invoke(app, ["schema"])
@@ -242,4 +285,11 @@ def test_links_to_repository_files_outside_docs(tmp_path):
     config["repo_url"] = "https://github.com/owner/zoprune/"
     assert hooks.on_page_markdown(markdown, page, config, None).startswith(
         "[the adapter](https://github.com/owner/zoprune/blob/main/plugins/zoprune_plugins/adapters/llava.py) [gone]")
-    assert hooks.on_page_content(':class:<code>~zoprune.Budget</code>', None, None, None) == "<code>zoprune.Budget</code>"
+    html = ":class:<code>~zoprune.Budget</code>"
+    assert hooks.on_page_content(html, None, None, None) == "<code>zoprune.Budget</code>"
+
+
+def test_pictures_live_in_one_folder():
+    pictures = [p.relative_to(ROOT / "docs") for p in (ROOT / "docs").rglob("*")
+                if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".svg", ".gif")]
+    assert pictures and all(p.parts[0] == "images" for p in pictures), pictures

@@ -1,9 +1,11 @@
 """zoprune: training-free visual token pruning for vision-language models.
 
-    import zoprune
-    pruned = zoprune.prune(model, zoprune.PipelineConfig(budget=64))
-    output = pruned.generate(**processor(images=image, text=prompt, return_tensors="pt"), max_new_tokens=20)
-    pruned.last_selection  # which tokens each image kept
+```python
+import zoprune
+pruned = zoprune.prune(model, zoprune.PipelineConfig(budget=64))
+output = pruned.generate(**processor(images=image, text=prompt, return_tensors="pt"), max_new_tokens=20)
+pruned.last_selection  # which tokens each image kept
+```
 """
 
 from zoprune.config import Budget, ComponentSpec, PipelineConfig

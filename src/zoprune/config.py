@@ -155,6 +155,15 @@ class PipelineConfig(BaseModel):
         out["budget"] = self.budget.model_dump(exclude_none=True)
         return out
 
+    def resolved_dict(self) -> dict[str, Any]:
+        """:meth:`to_dict` with every component's parameters written out, defaults included: exactly what runs."""
+        out = self.to_dict()
+        for kind in ("adapter", "scorer", "selector"):
+            found = self.component(kind)
+            if found is not None:
+                out[kind] = {"name": getattr(self, kind).name, **found[1].model_dump(mode="json")}
+        return out
+
     @classmethod
     def load(cls, path: str | Path) -> "PipelineConfig":
         """Read a config from a .yaml/.yml, .toml or .json file."""

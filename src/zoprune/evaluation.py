@@ -18,7 +18,7 @@ import torch
 
 from zoprune.config import PipelineConfig
 from zoprune.errors import InputError
-from zoprune.pipeline import prune
+from zoprune.pipeline import PrunedModel, prune
 
 UNPRUNED = "unpruned"
 KEEP_ALL = 2**31 - 1  # a budget no image reaches
@@ -49,6 +49,7 @@ class Result:
     ci_high: float
     relative: float | None = None  # accuracy / unpruned accuracy
     by_kind: dict[str, float] | None = None
+    config: dict[str, Any] | None = None  # the pipeline config that ran, every parameter written out
 
 
 def normalize(text: str) -> str:
@@ -102,19 +103,21 @@ def shapes_examples(n: int, seed: int) -> list[Example]:
 @torch.no_grad()
 def answer_all(models: Sequence[Any], processor: Any, examples: Sequence[Example], prompt: Callable[[str], str],
                batch_size: int = 32, max_new_tokens: int = 4,
-               on_batch: Callable[[int], None] | None = None) -> list[tuple[list[str], list[int], list[int]]]:
+               on_batch: Callable[[int], None] | None = None,
+               device: str | torch.device | None = None) -> list[tuple[list[str], list[int], list[int]]]:
     """Greedy answers of each model (a model or a PrunedModel) with the visual tokens kept and seen per image.
+    The processor's outputs are moved to ``device`` when one is given (the models' device).
 
     Every model answers a batch before the next batch is built, so PrunedModels that are budget twins
     (:meth:`PrunedModel.at_budget`) score each batch once. Returns ``(answers, kept, total)`` per model.
     """
-    from zoprune.pipeline import PrunedModel
-
     results: list[tuple[list[str], list[int], list[int]]] = [([], [], []) for _ in models]
     for start in range(0, len(examples), batch_size):
         batch = examples[start:start + batch_size]
         inputs = processor(images=[e.image for e in batch], text=[prompt(e.question) for e in batch],
                            return_tensors="pt", padding=True)
+        if device is not None:
+            inputs = inputs.to(device)
         length = inputs["input_ids"].shape[1]
         for model, (answers, kept, total) in zip(models, results):
             output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
@@ -144,23 +147,32 @@ def score(method: str, budget: int | None, examples: Sequence[Example], answers:
 
 def evaluate(model: Any, processor: Any, examples: Sequence[Example], methods: dict[str, PipelineConfig],
              budgets: Sequence[int], prompt: Callable[[str], str], batch_size: int = 32,
-             on_batch: Callable[[int], None] | None = None) -> list[Result]:
-    """The unpruned model, then every method at every budget, on the same examples."""
+             on_batch: Callable[[int], None] | None = None, device: str | torch.device | None = None) -> list[Result]:
+    """The unpruned model, then every method at every budget, on the same examples (moved to ``device``, the
+    model's, when given)."""
     # keeping every token gives exactly the unpruned model's outputs (a tested guarantee) and counts the tokens
     (answers, kept, total), = answer_all([prune(model, budget=KEEP_ALL)], processor, examples, prompt, batch_size,
-                                         on_batch=on_batch)
+                                         on_batch=on_batch, device=device)
     reference = score(UNPRUNED, None, examples, answers, kept, total)
     reference.relative = 1.0
     results = [reference]
     for name, config in methods.items():
         base = prune(model, config)
-        runs = answer_all([base.at_budget(b) for b in budgets], processor, examples, prompt, batch_size,
-                          on_batch=on_batch)
-        for budget, (answers, kept, total) in zip(budgets, runs):
+        twins = [base.at_budget(b) for b in budgets]
+        runs = answer_all(twins, processor, examples, prompt, batch_size, on_batch=on_batch, device=device)
+        for budget, twin, (answers, kept, total) in zip(budgets, twins, runs):
             result = score(name, budget, examples, answers, kept, total)
+            result.config = ran_config(twin)
             result.relative = result.accuracy / reference.accuracy if reference.accuracy else None
             results.append(result)
     return results
+
+
+def ran_config(pruned: PrunedModel) -> dict[str, Any]:
+    """The config ``pruned`` runs, every parameter written out, with the adapter it detected for the model."""
+    config = pruned.config.resolved_dict()
+    config.setdefault("adapter", {"name": pruned.adapter.name, **pruned.adapter.config.model_dump(mode="json")})
+    return config
 
 
 def write_results(results: Sequence[Result], out_dir: Path) -> list[Path]:
@@ -183,8 +195,26 @@ def write_results(results: Sequence[Result], out_dir: Path) -> list[Path]:
     return [json_path, csv_path]
 
 
+#: the tab10 colours and seven markers: 7 and 10 share no factor, so method i's (colour i % 10, marker i % 7) pair
+#: repeats only after 70 methods, and neighbours in the legend differ in both
+PLOT_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+                "#17becf")
+PLOT_MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+DEFAULT_METHOD = "zoo-prune"  # the paper's method, PipelineConfig's defaults
+
+
+def plot_styles(methods: Sequence[str], first: str = DEFAULT_METHOD) -> dict[str, dict[str, Any]]:
+    """Line styles for the accuracy plot, in legend order: ``first`` (when present) leads with a thicker line drawn
+    on top, and every method gets its own (colour, marker) pair."""
+    ordered = sorted(dict.fromkeys(methods), key=lambda m: m != first)  # stable: the others keep their order
+    return {method: {"color": PLOT_COLOURS[i % len(PLOT_COLOURS)], "marker": PLOT_MARKERS[i % len(PLOT_MARKERS)],
+                     "linewidth": 2.4 if method == first else 1.2, "zorder": 3 if method == first else 2}
+            for i, method in enumerate(ordered)}
+
+
 def plot_results(results: Sequence[Result], path: Path, title: str = "") -> Path:
-    """Accuracy versus visual tokens kept, one line per method, the unpruned accuracy as a dashed reference."""
+    """Accuracy versus visual tokens kept, one line per method (styled by :func:`plot_styles`), the unpruned
+    accuracy as a dashed reference."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -192,13 +222,13 @@ def plot_results(results: Sequence[Result], path: Path, title: str = "") -> Path
 
     figure, axis = plt.subplots(figsize=(7, 4.5), dpi=120)
     reference = next((r for r in results if r.method == UNPRUNED), None)
-    methods = [m for m in dict.fromkeys(r.method for r in results) if m != UNPRUNED]
-    for method in methods:
+    styles = plot_styles([r.method for r in results if r.method != UNPRUNED])
+    for method, style in styles.items():
         rows = sorted((r for r in results if r.method == method), key=lambda r: r.kept_tokens)
         x = [r.kept_tokens for r in rows]
         y = [100 * r.accuracy for r in rows]
         error = [[100 * (r.accuracy - r.ci_low) for r in rows], [100 * (r.ci_high - r.accuracy) for r in rows]]
-        axis.errorbar(x, y, yerr=error, marker="o", capsize=3, label=method)
+        axis.errorbar(x, y, yerr=error, capsize=3, label=method, **style)
     if reference is not None:
         axis.axhline(100 * reference.accuracy, color="black", linestyle="--",
                      label=f"unpruned ({reference.kept_tokens:.0f} tokens)")
@@ -210,7 +240,10 @@ def plot_results(results: Sequence[Result], path: Path, title: str = "") -> Path
     axis.set_ylabel("accuracy (%), 95% interval")
     axis.set_title(title or "accuracy versus visual tokens kept")
     axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
+    handles, labels = axis.get_legend_handles_labels()  # matplotlib lists plain lines (unpruned) first
+    order = sorted(range(len(labels)), key=lambda i: labels[i] not in styles)  # the methods, then unpruned
+    axis.legend([handles[i] for i in order], [labels[i] for i in order], fontsize=8,
+                ncol=2 if len(styles) > 10 else 1)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path)

@@ -1,10 +1,12 @@
 """The hooks through which plugins contribute components to zoprune.
 
 A plugin is a module (or any object) with functions decorated by :data:`zoprune.hookimpl`, registered under the
-``zoprune`` entry-point group of its distribution::
+``zoprune`` entry-point group of its distribution, in its ``pyproject.toml``:
 
-    [project.entry-points.zoprune]
-    my_scorer = "my_package.zoprune_plugin"
+```toml
+[project.entry-points.zoprune]
+my_scorer = "my_package.zoprune_plugin"
+```
 
 Each hook receives a ``register`` callback; call it once per component class. The built-in scorers, selectors and
 adapters are registered exactly this way (see ``plugins/zoprune_plugins``).
@@ -18,6 +20,8 @@ import pluggy
 
 hookspec = pluggy.HookspecMarker("zoprune")
 hookimpl = pluggy.HookimplMarker("zoprune")
+"""The decorator of a plugin's hook implementations: ``@zoprune.hookimpl`` above ``def register_scorers(register)``
+(or any hook of this module) makes pluggy call it when the registry loads the plugin."""
 
 
 @hookspec

@@ -82,8 +82,9 @@ class PrunedModel:
         self.adapter = adapter
         self.scorer = scorer
         self.selector = selector
-        #: one entry per image of the last ``generate`` / ``__call__`` / ``select`` call, in batch order
         self.last_selection: list[Selection] = []
+        """One [`Selection`][zoprune.Selection] per image of the last ``generate`` / ``__call__`` / ``select`` call,
+        in batch order: which tokens were kept (``kept``), their scores, how many there were."""
         self._projectors: dict[tuple[torch.dtype, torch.device], torch.nn.Module] = {}
         self._memo = _Memo()
 

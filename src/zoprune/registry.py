@@ -130,6 +130,14 @@ class Registry:
                 return f"{kind} {spec_name!r} is not installed"
         return None
 
+    def restricted_to(self, distributions: set[str] | frozenset[str]) -> "Registry":
+        """A view holding only the components and methods that these distributions provide (no failures): the
+        documentation site documents zoprune's own, whatever else happens to be installed."""
+        components = {kind: {name: reg for name, reg in regs.items() if reg.distribution in distributions}
+                      for kind, regs in self.components.items()}
+        methods = {name: m for name, m in self.methods.items() if m.distribution in distributions}
+        return Registry(self.manager, components=components, methods=methods)
+
     def all(self) -> list[Registered]:
         """Every registered component: adapters, then scorers, then selectors, each sorted by name."""
         return [reg for kind in _BASES for _, reg in sorted(self.components[kind].items())]

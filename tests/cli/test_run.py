@@ -15,8 +15,8 @@ def invoke(*args):
 
 
 def test_run_prints_answer_tokens_kept_and_time(tiny_checkpoint, sample_image):
-    result = invoke("run", "--model", tiny_checkpoint, "--image", sample_image, "--prompt", "what colour is the circle ?",
-                    "--keep", 4, "--max-new-tokens", 3, "--compare")
+    result = invoke("run", "--model", tiny_checkpoint, "--image", sample_image,
+                    "--prompt", "what colour is the circle ?", "--keep", 4, "--max-new-tokens", 3, "--compare")
     assert result.exit_code == 0, result.output
     assert "answer:" in result.output
     assert re.search(r"visual tokens kept: 4 / 16 \(25\.0%\)", result.output)
@@ -27,8 +27,8 @@ def test_run_prints_answer_tokens_kept_and_time(tiny_checkpoint, sample_image):
 def test_run_with_config_file(tiny_checkpoint, sample_image, tmp_path):
     config = tmp_path / "pipeline.toml"
     config.write_text('selector = "topk"\n[budget]\nratio = 0.5\n[scorer]\nname = "zo_sensitivity"\ndirections = 4\n')
-    result = invoke("run", "--model", tiny_checkpoint, "--image", sample_image, "--prompt", "describe", "--config", config,
-                    "--max-new-tokens", 2)
+    result = invoke("run", "--model", tiny_checkpoint, "--image", sample_image, "--prompt", "describe",
+                    "--config", config, "--max-new-tokens", 2)
     assert result.exit_code == 0, result.output
     assert "visual tokens kept: 8 / 16" in result.output and "selector=topk" in result.output
 

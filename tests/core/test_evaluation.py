@@ -119,3 +119,37 @@ def test_relative_accuracy_is_none_when_the_unpruned_model_scores_nothing(monkey
                                   prompt=lambda q: q)
     assert results[0].relative == 1.0 and results[0].accuracy == 0.0
     assert results[1].accuracy == 0.5 and results[1].relative is None
+
+
+def test_plot_styles_are_distinct_for_twenty_methods_and_the_default_leads():
+    from zoprune.evaluation import plot_styles
+
+    names = [f"method-{i}" for i in range(19)] + ["zoo-prune"]
+    styles = plot_styles(names)
+    assert list(styles)[0] == "zoo-prune" and list(styles)[1:] == names[:-1]
+    pairs = [(s["color"], s["marker"]) for s in styles.values()]
+    assert len(set(pairs)) == 20
+    assert styles["zoo-prune"]["linewidth"] > max(s["linewidth"] for m, s in styles.items() if m != "zoo-prune")
+    order = list(styles.values())
+    assert all(a["color"] != b["color"] and a["marker"] != b["marker"] for a, b in zip(order, order[1:]))
+    assert len({(s["color"], s["marker"]) for s in plot_styles([f"m{i}" for i in range(70)]).values()}) == 70
+
+
+def test_plot_draws_each_method_with_its_style(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    from zoprune.evaluation import Result, plot_results, plot_styles
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)  # keep the figure to look at it
+    names = ["random", "zoo-prune", *(f"plugin-{i}" for i in range(12))]
+    results = [Result("unpruned", None, 16, 16, 9, 10, 0.9, 0.6, 0.98)]
+    results += [Result(name, k, k, 16, 5, 10, 0.5, 0.2, 0.8) for name in names for k in (4, 8)]
+    path = plot_results(results, tmp_path / "accuracy.png")
+    assert path.read_bytes()[:4] == b"\x89PNG"
+    (axis,) = figures[0].axes
+    legend = [t.get_text() for t in axis.get_legend().get_texts()]
+    assert legend[0] == "zoo-prune" and legend[-1].startswith("unpruned")
+    drawn = {bars.get_label(): (bars.lines[0].get_color(), bars.lines[0].get_marker()) for bars in axis.containers}
+    expected = {name: (s["color"], s["marker"]) for name, s in plot_styles(names).items()}
+    assert drawn == expected and len(set(drawn.values())) == len(names)

@@ -355,9 +355,10 @@ def render_table(report: Report):
     title = (f"{s.name}: N={s.num_visual}, LM {s.layers}/{s.full_layers} layers, {report.device} {report.dtype}, "
              f"{report.threads} threads, {report.new_tokens} new tokens, median of {report.repeats}")
     table = Table(title=title)
-    for column in ("method", "kept", "overhead s", "overhead / prefill", f"… at {s.full_layers} layers",
-                   "prefill s", "decode ms/tok", "generate s", "speed-up", "vs oracle",
-                   f"vs oracle at {s.full_layers} layers (est.)", "peak MB", "prefill GFLOP", "overhead GFLOP"):
+    for column in ("method", "kept", "overhead s", "overhead / prefill",
+                   f"overhead / prefill at {s.full_layers} layers", "prefill s", "decode ms/tok", "generate s",
+                   "speed-up", "vs oracle", f"vs oracle at {s.full_layers} layers (est.)", "peak MB", "prefill GFLOP",
+                   "overhead GFLOP"):
         table.add_column(column, justify="right" if column != "method" else "left", no_wrap=column == "method")
 
     def fmt(x, spec=".3f"):

@@ -12,7 +12,7 @@ from rich.text import Text
 from zoprune.errors import ZopruneError
 
 app = typer.Typer(help="Prune the visual tokens of vision-language models.", no_args_is_help=True,
-                  pretty_exceptions_enable=False, add_completion=False)
+                  pretty_exceptions_enable=False, add_completion=False, rich_markup_mode=None)
 console = Console()
 err_console = Console(stderr=True)
 

@@ -9,10 +9,12 @@ from pathlib import Path
 import typer
 
 from zoprune.cli.app import app, console, friendly_errors
+from zoprune.cli.loading import check_device
+from zoprune.cli.output import print_table
 from zoprune.errors import ZopruneError
 
 
-@app.command()
+@app.command(short_help="What pruning costs and saves in time, memory and FLOPs.")
 @friendly_errors
 def bench(
     preset: str = typer.Option("llava-1.5-7b", "--preset",
@@ -25,7 +27,7 @@ def bench(
     layers: int | None = typer.Option(None, "--layers", min=1, help="decoder layers built (default: preset's)"),
     new_tokens: int = typer.Option(8, "--new-tokens", min=2, help="tokens generated per run"),
     repeats: int = typer.Option(1, "--repeats", min=1, help="runs per phase; the median is reported"),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda"),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N"),
     dtype: str = typer.Option("float32", "--dtype", help="the model's dtype: float32, bfloat16 or float16 "
                                                         "(float16 is very slow on CPUs)"),
     seed: int = typer.Option(0, "--seed"),
@@ -55,8 +57,7 @@ def bench(
     if not budget_list or min(budget_list) < 1:
         raise ZopruneError("--budgets needs at least one budget of 1 or more tokens")
     method_list = [m.strip() for m in methods.split(",") if m.strip()]
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ZopruneError("--device cuda given but torch sees no CUDA device")
+    check_device(device)
     if dtype not in ("float32", "bfloat16", "float16"):
         raise ZopruneError(f"--dtype must be float32, bfloat16 or float16, not {dtype!r}")
     if threads is not None:
@@ -73,11 +74,12 @@ def bench(
 
         report = run_bench(shapes, method_list, budget_list, new_tokens=new_tokens, repeats=repeats,
                            device=device, seed=seed, progress=say, dtype=getattr(torch, dtype))
-    console.print(render_table(report))
+    print_table(console, render_table(report))
     scale = report.extrapolation()
     if scale != 1.0:
-        console.print(f"[dim]'at {shapes.full_layers} layers': overhead over the prefill extrapolated by FLOPs "
-                      f"(x{scale:.1f} the measured prefill); 'vs oracle at {shapes.full_layers} layers (est.)': "
+        console.print(f"[dim]'overhead / prefill at {shapes.full_layers} layers': overhead over the prefill "
+                      f"extrapolated by FLOPs (x{scale:.1f} the measured prefill); "
+                      f"'vs oracle at {shapes.full_layers} layers (est.)': "
                       f"(oracle's generate + overhead) / oracle's generate, with the oracle's prefill and decode "
                       f"scaled by FLOPs to {shapes.full_layers} layers; the other columns are as measured[/]")
     if png is not None:

@@ -8,16 +8,19 @@ from typing import List, Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from zoprune.cli.app import app, console, friendly_errors
-from zoprune.cli.loading import available_methods, load_model, prompt_text, resolve_method
+from zoprune.cli.output import print_table
+from zoprune.cli.loading import (available_methods, check_device, load_model, method_notes, prompt_text,
+                                 resolve_method)
 from zoprune.errors import ZopruneError
 
 DEFAULT_BUDGETS = [64, 32, 16, 8]
 HELD_OUT_SEED = 20261124  # the shapes model was trained on other seeds; see its model card
 
 
-@app.command("eval")
+@app.command("eval", short_help="Accuracy of methods at several budgets.")
 @friendly_errors
 def eval_command(
     method: Optional[List[str]] = typer.Option(
@@ -31,8 +34,11 @@ def eval_command(
     n: int = typer.Option(1000, "--n", min=1, help="questions generated for the shapes held-out set"),
     seed: int = typer.Option(HELD_OUT_SEED, "--seed", help="seed of the generated held-out set"),
     batch_size: int = typer.Option(50, "--batch-size", min=1),
-    out: Path = typer.Option(Path("zoprune-eval"), "--out", help="folder for results.csv, results.json, accuracy.png"),
+    out: Path = typer.Option(Path("zoprune-eval"), "--out",
+                             help="folder for results.csv, results.json (with each method's whole config), "
+                                  "accuracy.png"),
     plot: bool = typer.Option(True, "--plot/--no-plot", help="write accuracy.png (needs matplotlib)"),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N"),
 ) -> None:
     """Accuracy of each method at each budget against the unpruned model, on the same questions."""
     from zoprune.evaluation import evaluate, load_jsonl, plot_results, shapes_examples, write_results
@@ -40,11 +46,14 @@ def eval_command(
     budgets = budget or DEFAULT_BUDGETS
     if any(b < 1 for b in budgets):
         raise ZopruneError(f"budgets must be at least 1 token, got {sorted(budgets)}")
-    methods = dict(resolve_method(m) for m in (method or available_methods()))
+    resolved = [(m, *resolve_method(m)) for m in (method or available_methods())]
+    methods = {label: config for _, label, config in resolved}
+    notes = [note for text, _, config in resolved for note in method_notes(text, config, budget_given=True)]
     if plot:
         require_matplotlib()
+    check_device(device)
     with console.status("loading model and data"):
-        hf_model, processor = load_model(model)
+        hf_model, processor = load_model(model, device=device)
         if data is not None:
             examples, source = load_jsonl(data), str(data)
         elif model is None:
@@ -55,12 +64,14 @@ def eval_command(
 
     console.print(f"[bold]data:[/] {source}   [bold]methods:[/] {', '.join(methods)}   "
                   f"[bold]budgets:[/] {', '.join(map(str, budgets))}", highlight=False)
+    for note in notes:
+        console.print(Text("note: ", style="yellow") + Text(note), highlight=False)
     runs = 1 + len(methods) * len(budgets)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TimeRemainingColumn(), console=console) as progress:
         task = progress.add_task("evaluating", total=runs * len(examples))
         results = evaluate(hf_model, processor, examples, methods, budgets, lambda q: prompt_text(processor, q),
-                           batch_size=batch_size, on_batch=lambda count: progress.advance(task, count))
+                           batch_size=batch_size, on_batch=lambda count: progress.advance(task, count), device=device)
 
     table = Table(title=f"accuracy on {source}")
     for column in ("method", "kept / image", "accuracy", "95% interval", "relative"):
@@ -69,7 +80,7 @@ def eval_command(
         table.add_row(r.method, f"{r.kept_tokens:g} / {r.total_tokens:g}", f"{100 * r.accuracy:.1f}%",
                       f"{100 * r.ci_low:.1f} - {100 * r.ci_high:.1f}",
                       f"{100 * r.relative:.1f}%" if r.relative is not None else "-")
-    console.print(table)
+    print_table(console, table)
     written = write_results(results, out)
     if plot:
         written.append(plot_results(results, out / "accuracy.png", title=f"accuracy on {source}"))

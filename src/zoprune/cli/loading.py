@@ -24,6 +24,39 @@ def default_model() -> str | None:
     return str(path) if (Path(path) / "config.json").is_file() else None
 
 
+def available_devices() -> list[str]:
+    """The devices this torch can use here: always ``cpu``, then each CUDA device and ``mps`` when present."""
+    devices = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        devices.append("mps")
+    return devices
+
+
+def check_device(name: str) -> torch.device:
+    """``name`` as a torch device, or one line naming it and the devices that exist (instead of torch's traceback
+    ending in "Torch not compiled with CUDA enabled" or "invalid device ordinal")."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ZopruneError(f"--device {name!r} is not a device name (cpu, cuda, cuda:N, mps); "
+                           f"available here: {', '.join(available_devices())}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        build = f"torch {torch.__version__} was built without CUDA" if torch.version.cuda is None else \
+            "torch sees no CUDA device"
+        raise ZopruneError(f"--device {name}: {build}; available here: {', '.join(available_devices())}")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ZopruneError(f"--device {name}: there is no CUDA device {device.index}; available here: "
+                           f"{', '.join(available_devices())}")
+    try:
+        torch.empty(0, device=device)
+    except Exception as error:  # any other device type torch cannot use here (mps on Linux, say)
+        reason = str(error).strip().split(". ")[0].splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ZopruneError(f"--device {name}: not usable here ({reason}); available here: "
+                           f"{', '.join(available_devices())}") from None
+    return device
+
+
 def load_model(name_or_path: str | None, dtype: str = "float32", device: str = "cpu",
                attn_implementation: str | None = None) -> tuple[Any, Any]:
     """``(model, processor)`` from a local directory or a hub id, via transformers' Auto classes."""
@@ -36,6 +69,7 @@ def load_model(name_or_path: str | None, dtype: str = "float32", device: str = "
         raise ZopruneError(f"model directory not found: {name_or_path}")
     if dtype not in DTYPES:
         raise ZopruneError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+    check_device(device)
     kwargs: dict[str, Any] = {"dtype": DTYPES[dtype]}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
@@ -81,3 +115,19 @@ def pipeline_config(config: str | PipelineConfig | None, keep: int | None = None
     elif ratio is not None:
         overrides["budget"] = {"ratio": ratio}
     return resolve_config(config, **overrides)
+
+
+def method_notes(text: str, config: PipelineConfig, budget_given: bool) -> list[str]:
+    """What resolving ``text`` decided that the text itself does not say, for the command to print: a default
+    scorer added to a bare selector name, a config file's budget replaced by the command's."""
+    from zoprune.registry import get_registry
+
+    notes = []
+    is_file = Path(text).suffix.lower() in (".yaml", ".yml", ".toml", ".json")
+    if is_file and budget_given and "budget" in config.model_fields_set:
+        budget = config.budget.model_dump(exclude_none=True)
+        notes.append(f"{text}: the file's budget {budget} is replaced by the command's budgets")
+    if not is_file and text not in get_registry().methods and "+" not in text and config.scorer is not None:
+        notes.append(f"{text}: the selector needs scores and none was named, so the default scorer "
+                     f"{config.scorer.name!r} is used (SCORER+{text} names another)")
+    return notes

@@ -8,13 +8,15 @@ from typing import Optional
 
 import torch
 import typer
+from rich.text import Text
 
 from zoprune.cli.app import app, console, friendly_errors
-from zoprune.cli.loading import load_image, load_model, pipeline_config, prompt_text, resolve_method
+from zoprune.cli.loading import (check_device, load_image, load_model, method_notes, pipeline_config, prompt_text,
+                                 resolve_method)
 from zoprune.errors import ZopruneError
 
 
-@app.command()
+@app.command(short_help="Answer a prompt about an image with a pruned model.")
 @friendly_errors
 def run(
     image: Path = typer.Option(..., "--image", help="image file"),
@@ -28,7 +30,7 @@ def run(
     max_new_tokens: int = typer.Option(32, "--max-new-tokens", min=1),
     compare: bool = typer.Option(False, "--compare", help="also answer with every token, for comparison"),
     dtype: str = typer.Option("float32", "--dtype", help="model dtype: float32, bfloat16 or float16"),
-    device: str = typer.Option("cpu", "--device"),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N"),
 ) -> None:
     """Answer PROMPT about IMAGE with the visual tokens pruned; print the answer, tokens kept and time."""
     import zoprune
@@ -37,6 +39,11 @@ def run(
         raise ZopruneError("give --config or --method, not both")
     source = resolve_method(method)[1] if method is not None else str(config) if config else None
     cfg = pipeline_config(source, keep=keep, ratio=ratio)
+    check_device(device)
+    if method is not None or config is not None:
+        notes = method_notes(method or str(config), cfg, budget_given=keep is not None or ratio is not None)
+        for note in notes:
+            console.print(Text("note: ", style="yellow") + Text(note), highlight=False)
     picture = load_image(image)
     with console.status("loading model"):
         hf_model, processor = load_model(model, dtype=dtype, device=device)

@@ -14,7 +14,7 @@ from zoprune.errors import ZopruneError
 DEFAULT_SHOW = ["zoo-prune", "divprune", "cls-attention", "random"]
 
 
-@app.command()
+@app.command(short_help="A picture of the patches each method keeps.")
 @friendly_errors
 def show(
     image: Path = typer.Option(..., "--image", help="image file"),

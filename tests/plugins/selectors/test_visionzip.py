@@ -13,7 +13,7 @@ import zoprune
 from zoprune.cli import app
 from zoprune.errors import ConfigError
 from zoprune_plugins.selectors.visionzip import VisionZipConfig
-from tiny_families import language_model_calls, llava_next_batch, qwen_batch, tiny_llava_next, tiny_qwen2_vl
+from tiny_families import language_model_calls, llava_next_batch, tiny_llava_next, tiny_qwen2_vl
 from tiny_models import IMAGE_TOKEN_ID, llava_batch, tiny_llava, tokens_per_image
 
 

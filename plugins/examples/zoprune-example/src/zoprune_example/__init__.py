@@ -3,9 +3,10 @@
 It adds the ``contrast`` scorer (how far each token's projected feature is from the image's typical token), the
 ``stratified`` selector (the best-scoring token of each of k equal slices of the image, so the kept tokens spread
 over the whole picture) and the ``contrast-stratified`` method that combines them. The ``# --8<--`` comments mark
-the parts that docs/guides/writing-a-plugin.md includes.
+the parts that docs/guides/writing-a-plugin.md includes: in order, they are the whole module.
 """
 
+# --8<-- [start:imports]
 from __future__ import annotations
 
 from typing import Literal
@@ -14,6 +15,7 @@ import torch
 from pydantic import Field
 
 import zoprune
+# --8<-- [end:imports]
 
 
 # --8<-- [start:scorer]
