@@ -226,7 +226,8 @@ def _batch_independence_configs() -> list[dict]:
 
 def _label(config: dict) -> str:
     selector = config["selector"]
-    return f"{config['scorer']}+{selector if isinstance(selector, str) else selector['name'] + '-' + selector['fusion']}"
+    name = selector if isinstance(selector, str) else selector["name"] + "-" + selector["fusion"]
+    return f"{config['scorer']}+{name}"
 
 
 @pytest.mark.parametrize("config", _batch_independence_configs(), ids=_label)

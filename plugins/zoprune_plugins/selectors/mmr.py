@@ -21,7 +21,8 @@ class MMR(Selector):
 
     ``s`` is the score min-max normalised per image, so that ``lam`` trades two quantities on comparable scales
     (cosines lie in [-1, 1]); ``z`` are the projected features. The gain falls as the kept set grows, so the
-    selection runs on coverage's exact lazy-greedy engine (:func:`~zoprune_plugins.selectors.coverage.greedy_max_cosine`).
+    selection runs on coverage's exact lazy-greedy engine
+    (:func:`~zoprune_plugins.selectors.coverage.greedy_max_cosine`).
     ``lam = 1`` is top-k by score; ``lam = 0`` is max-min diversity from the highest-scoring token.
     """
 

@@ -17,7 +17,8 @@ class ScopeConfig(ComponentConfig):
 
     alpha: float = Field(default=1.0, ge=0, description="saliency exponent: score = gain * saliency^alpha")
     combine: Literal["product", "sum"] = Field(
-        default="product", description="gain * saliency^alpha ('product', the official default) or gain + saliency^alpha"
+        default="product",
+        description="gain * saliency^alpha ('product', the official default) or gain + saliency^alpha",
     )
     space: Literal["features", "embeddings"] = Field(
         default="features", description="similarity of the projector's input ('features', the official code's "

@@ -136,7 +136,8 @@ def build_table(runs: list[Run]) -> tuple[list[Row], list[str], list[str]]:
     rows: dict[tuple[str, str, str | None], Row] = {}
     chosen: dict[tuple[str, str, str | None, str], Run] = {}
     directions: dict[str, bool] = {}
-    for run in sorted(runs, key=lambda r: (r.date, str(r.path))):  # a later run of the same cell replaces an earlier one
+    # a later run of the same cell replaces an earlier one
+    for run in sorted(runs, key=lambda r: (r.date, str(r.path))):
         row = rows.setdefault((run.model, run.method, run.budget), Row(run.model, run.method, run.budget))
         for column, value in run.scores.items():
             previous = chosen.get((run.model, run.method, run.budget, column))
