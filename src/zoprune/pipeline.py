@@ -411,8 +411,9 @@ def check_finite(tokens: ImageTokens, stage: str = "pre_llm") -> None:
         if bad:
             hint = (" (float16 overflow is the usual cause: load the model in bfloat16 or float32)"
                     if values.dtype == torch.float16 else "")
-            raise NumericalError(f"{what} hold {bad} non-finite values (NaN or inf) for {entry_name(tokens)}, "
-                                 f"{values.dtype}{hint}; nothing was pruned")
+            dtype = str(values.dtype).removeprefix("torch.")
+            raise NumericalError(f"{bad} non-finite values (NaN or inf) in {what} for {entry_name(tokens)} "
+                                 f"({dtype}){hint}; nothing was pruned")
 
 
 def check_inputs(inputs: dict[str, Any]) -> None:
@@ -508,6 +509,7 @@ def prune(model: torch.nn.Module, config: PipelineConfig | dict | str | Path | N
     scorer = scorer_entry[0](scorer_entry[1]) if scorer_entry is not None else None
     if scorer is not None:
         _check_provided("scorer", scorer, adapter)
+        scorer.check_scoring_dtype(config.torch_dtype(next(adapter.projector().parameters()).dtype))
     if selector_cls.stage == "in_llm" and scorer is not None:
         raise ConfigError(f"selector {selector_cls.name!r} ranks tokens inside the language model by its own "
                           f"signal; set `scorer: null` (it has {scorer.name!r})")
