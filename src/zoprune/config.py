@@ -98,7 +98,8 @@ class PipelineConfig(BaseModel):
                       description="seed of every random draw (perturbation directions, random baselines); any "
                       "integer a torch.Generator takes")
     scoring_dtype: ScoringDtype = Field(
-        default="float32", description="dtype of the scoring computations; 'model' uses the model's own dtype"
+        default="float32", description="dtype of the scoring computations; 'model' uses the model's own dtype. "
+        "zo_sensitivity refuses bfloat16 and float16 (its finite differences would measure rounding)"
     )
 
     @model_validator(mode="before")
