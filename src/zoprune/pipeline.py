@@ -75,6 +75,12 @@ class _Memo:
         self._lock = threading.Lock()
         self._entry: _MemoEntry | None = None
 
+    def __getstate__(self) -> dict:  # a copy (copy.deepcopy, pickle) starts empty, with a lock of its own
+        return {}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__()
+
     def find(self, key: tuple) -> _MemoEntry | None:
         """The entry of ``key``; None on a miss (or when ``key`` is empty: inputs that cannot be compared)."""
         with self._lock:
@@ -116,6 +122,12 @@ class _ProjectorCopies:
         self._lock = threading.Lock()
         self._copies: dict[tuple[torch.dtype, torch.device], torch.nn.Module] = {}
 
+    def __getstate__(self) -> dict:  # a copy starts empty (the copies are rebuilt on demand), with its own lock
+        return {}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__()
+
     def get(self, projector: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
         weight = next(projector.parameters())
         if weight.dtype == dtype:
@@ -146,6 +158,14 @@ class PrunedModel:
         self._per_thread = _PerThread()
         self._projectors = _ProjectorCopies()
         self._memo = _Memo()
+
+    def __getstate__(self) -> dict:
+        # copy.deepcopy and pickle: the per-thread state stays behind (a copy starts with no selection)
+        return {key: value for key, value in self.__dict__.items() if key != "_per_thread"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._per_thread = _PerThread()
 
     def __repr__(self) -> str:
         scorer = self.scorer.name if self.scorer is not None else None

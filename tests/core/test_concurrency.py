@@ -134,3 +134,18 @@ def test_the_memo_never_hands_a_request_another_inputs_scores(model):
     assert base.select(**inputs)[0].scores is not first  # the memo moved on to `other`: scored again
     inputs["pixel_values"].mul_(-1)
     assert not torch.equal(base.select(**inputs)[0].scores, first)
+
+
+def test_a_pruned_model_can_be_deep_copied(model):
+    """Locks and per-thread state do not travel: a copy starts with an empty memo and no selection, and selects
+    what the original selects. (Pickling fails on the transformers model itself once it has run: transformers
+    installs hooks that are local functions.)"""
+    import copy
+
+    pruned = zoprune.prune(model, budget=4)
+    inputs = llava_batch(model, [[6, 7]], [1])
+    kept = pruned.select(**inputs)[0].kept
+    twin = copy.deepcopy(pruned)
+    assert twin.last_selection == [] and twin._memo._entry is None
+    assert torch.equal(twin.select(**inputs)[0].kept, kept)
+    assert twin.model is not pruned.model
