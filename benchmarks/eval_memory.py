@@ -25,8 +25,8 @@ args = parser.parse_args()
 peaks = {}
 for n in (int(size) for size in args.sizes.split(",")):
     with tempfile.TemporaryDirectory() as out:
-        command = [os.path.join(os.path.dirname(sys.executable), "zoprune"), "eval", "-m", args.method, "-b", args.budget, "--n", str(n),
-                   "--no-plot", "--out", out]
+        zoprune = os.path.join(os.path.dirname(sys.executable), "zoprune")  # the command of this environment
+        command = [zoprune, "eval", "-m", args.method, "-b", args.budget, "--n", str(n), "--no-plot", "--out", out]
         env = {**os.environ, "OMP_NUM_THREADS": args.threads, "COLUMNS": "120"}
         start = time.perf_counter()
         process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
