@@ -29,6 +29,16 @@ def model():
     return tiny_llava(attn_implementation="sdpa")
 
 
+@pytest.fixture(autouse=True)
+def one_op_thread():
+    """8 request threads on a few cores: with several intra-op threads each, every op waits for cores (4 min instead
+    of 15 s on 2 shared cores); one intra-op thread per request thread, as a server on few cores would run."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def input_pool(model):
     """Batches with different images, prompts and numbers of images; each is shared by several requests, so budget
     twins in different threads hit (and race for) the score memo of the same tensors."""
