@@ -9,7 +9,8 @@ pruned.last_selection  # which tokens each image kept
 """
 
 from zoprune.config import Budget, ComponentSpec, PipelineConfig
-from zoprune.errors import ConfigError, InputError, PluginError, UnsupportedModelError, ZopruneError
+from zoprune.errors import (ConfigError, InputError, NumericalError, PluginError, UnsupportedModelError,
+                             ZopruneError)
 from zoprune.hookspecs import hookimpl
 from zoprune.interfaces import ComponentConfig, Context, ImageTokens, Merge, ModelAdapter, Scorer, Selector
 from zoprune.pipeline import PrunedModel, Selection, prune
@@ -19,6 +20,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Budget", "ComponentConfig", "ComponentSpec", "ConfigError", "Context", "ImageTokens", "InputError",
-    "Merge", "ModelAdapter", "PipelineConfig", "PluginError", "PrunedModel", "Scorer", "Selection", "Selector",
-    "UnsupportedModelError", "ZopruneError", "get_registry", "hookimpl", "prune",
+    "Merge", "ModelAdapter", "NumericalError", "PipelineConfig", "PluginError", "PrunedModel", "Scorer", "Selection",
+    "Selector", "UnsupportedModelError", "ZopruneError", "get_registry", "hookimpl", "prune",
 ]

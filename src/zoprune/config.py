@@ -94,9 +94,12 @@ class PipelineConfig(BaseModel):
     )
     selector: ComponentSpec = Field(default=ComponentSpec(name="coverage"), description="token selector")
     budget: Budget = Field(default=Budget(keep=64), description="tokens kept per image")
-    seed: int = Field(default=0, description="seed of every random draw (perturbation directions, random baselines)")
+    seed: int = Field(default=0, ge=-(2**63), le=2**64 - 1,
+                      description="seed of every random draw (perturbation directions, random baselines); any "
+                      "integer a torch.Generator takes")
     scoring_dtype: ScoringDtype = Field(
-        default="float32", description="dtype of the scoring computations; 'model' uses the model's own dtype"
+        default="float32", description="dtype of the scoring computations; 'model' uses the model's own dtype. "
+        "zo_sensitivity refuses bfloat16 and float16 (its finite differences would measure rounding)"
     )
 
     @model_validator(mode="before")

@@ -19,3 +19,8 @@ class UnsupportedModelError(ZopruneError, TypeError):
 
 class InputError(ZopruneError, ValueError):
     """The inputs given to a pruned model cannot be pruned as asked (no images, mismatched placeholders, ...)."""
+
+
+class NumericalError(ZopruneError, FloatingPointError):
+    """Non-finite values (NaN, inf) where tokens are scored or selected: the message names the image and the
+    component that produced them (half-precision overflow is the usual cause)."""

@@ -7,12 +7,13 @@ does.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import string
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 
@@ -93,15 +94,47 @@ def load_jsonl(path: str | Path) -> list[Example]:
     return examples
 
 
-def shapes_examples(n: int, seed: int) -> list[Example]:
-    """The held-out set of the shipped shapes model: ``n`` generated questions, reproducible from ``seed``."""
-    from zoprune.shapes.data import make_dataset
+class ShapesExamples(Sequence[Example]):
+    """The held-out set of the shipped shapes model: ``n`` generated questions, reproducible from ``seed``.
 
-    return [Example(e.image, e.question, e.answer, e.kind) for e in make_dataset(n, seed)]
+    Generated on the fly, the same questions as ``zoprune.shapes.data.make_dataset(n, seed)``: iterating makes each
+    example when it is needed, so a run over 10,000 questions holds one batch of images at a time, not 10,000.
+    Indexing regenerates up to the index (meant for a look at a few examples).
+    """
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed = n, seed
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[Example]:
+        import numpy as np
+
+        from zoprune.shapes.data import KINDS, make_example
+
+        rng = np.random.default_rng(self.seed)  # make_dataset's draws, in its order
+        for i in range(self.n):
+            e = make_example(rng, KINDS[i % len(KINDS)])
+            yield Example(e.image, e.question, e.answer, e.kind)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return list(itertools.islice(iter(self), *index.indices(self.n)))
+        position = index + self.n if index < 0 else index
+        if not 0 <= position < self.n:
+            raise IndexError(f"example {index} of {self.n}")
+        return next(itertools.islice(iter(self), position, None))
+
+
+def shapes_examples(n: int, seed: int) -> ShapesExamples:
+    """The held-out set of the shipped shapes model: ``n`` generated questions, reproducible from ``seed``
+    (a lazy sequence, see :class:`ShapesExamples`)."""
+    return ShapesExamples(n, seed)
 
 
 @torch.no_grad()
-def answer_all(models: Sequence[Any], processor: Any, examples: Sequence[Example], prompt: Callable[[str], str],
+def answer_all(models: Sequence[Any], processor: Any, examples: Iterable[Example], prompt: Callable[[str], str],
                batch_size: int = 32, max_new_tokens: int = 4,
                on_batch: Callable[[int], None] | None = None,
                device: str | torch.device | None = None) -> list[tuple[list[str], list[int], list[int]]]:
@@ -109,11 +142,12 @@ def answer_all(models: Sequence[Any], processor: Any, examples: Sequence[Example
     The processor's outputs are moved to ``device`` when one is given (the models' device).
 
     Every model answers a batch before the next batch is built, so PrunedModels that are budget twins
-    (:meth:`PrunedModel.at_budget`) score each batch once. Returns ``(answers, kept, total)`` per model.
+    (:meth:`PrunedModel.at_budget`) score each batch once. ``examples`` is read once, a batch at a time (an iterator
+    will do). Returns ``(answers, kept, total)`` per model.
     """
     results: list[tuple[list[str], list[int], list[int]]] = [([], [], []) for _ in models]
-    for start in range(0, len(examples), batch_size):
-        batch = examples[start:start + batch_size]
+    remaining = iter(examples)
+    while batch := list(itertools.islice(remaining, batch_size)):
         inputs = processor(images=[e.image for e in batch], text=[prompt(e.question) for e in batch],
                            return_tensors="pt", padding=True)
         if device is not None:
@@ -149,22 +183,31 @@ def evaluate(model: Any, processor: Any, examples: Sequence[Example], methods: d
              budgets: Sequence[int], prompt: Callable[[str], str], batch_size: int = 32,
              on_batch: Callable[[int], None] | None = None, device: str | torch.device | None = None) -> list[Result]:
     """The unpruned model, then every method at every budget, on the same examples (moved to ``device``, the
-    model's, when given)."""
+    model's, when given).
+
+    One pass over ``examples``: every model answers a batch before the next one is built, and only each question's
+    answer and kind are kept, so memory does not grow with the number of questions (benchmarks/eval_memory.py).
+    """
+    labels: list[Example] = []  # each question without its image
+
+    def tracked() -> Iterator[Example]:
+        for example in examples:
+            labels.append(Example(None, example.question, example.answer, example.kind))
+            yield example
+
     # keeping every token gives exactly the unpruned model's outputs (a tested guarantee) and counts the tokens
-    (answers, kept, total), = answer_all([prune(model, budget=KEEP_ALL)], processor, examples, prompt, batch_size,
-                                         on_batch=on_batch, device=device)
-    reference = score(UNPRUNED, None, examples, answers, kept, total)
-    reference.relative = 1.0
-    results = [reference]
+    runs = [(UNPRUNED, None, prune(model, budget=KEEP_ALL))]
     for name, config in methods.items():
         base = prune(model, config)
-        twins = [base.at_budget(b) for b in budgets]
-        runs = answer_all(twins, processor, examples, prompt, batch_size, on_batch=on_batch, device=device)
-        for budget, twin, (answers, kept, total) in zip(budgets, twins, runs):
-            result = score(name, budget, examples, answers, kept, total)
-            result.config = ran_config(twin)
-            result.relative = result.accuracy / reference.accuracy if reference.accuracy else None
-            results.append(result)
+        runs += [(name, budget, base.at_budget(budget)) for budget in budgets]
+    outputs = answer_all([pruned for *_, pruned in runs], processor, tracked(), prompt, batch_size, on_batch=on_batch,
+                         device=device)
+    results = [score(name, budget, labels, *output) for (name, budget, _), output in zip(runs, outputs)]
+    reference = results[0]
+    reference.relative = 1.0
+    for result, (name, _, pruned) in zip(results[1:], runs[1:]):
+        result.config = ran_config(pruned)
+        result.relative = result.accuracy / reference.accuracy if reference.accuracy else None
     return results
 
 

@@ -84,6 +84,10 @@ class Scorer(ABC):
     def __init__(self, config: ComponentConfig | None = None):
         self.config = config if config is not None else self.Config()
 
+    def check_scoring_dtype(self, dtype: torch.dtype) -> None:
+        """Raise a ConfigError when this scorer cannot give meaningful scores computed in ``dtype`` (``prune``
+        calls this with the pipeline's scoring dtype, resolved against the model's). Any dtype by default."""
+
     @abstractmethod
     def score(self, tokens: ImageTokens, ctx: Context) -> torch.Tensor:
         """Score the N visual tokens of one image.

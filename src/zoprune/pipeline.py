@@ -4,6 +4,7 @@ take what the model's own take and run the language model on the kept visual tok
 from __future__ import annotations
 
 import copy
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,8 @@ from typing import Any
 import torch
 
 from zoprune.config import PipelineConfig
-from zoprune.errors import ConfigError, PluginError, UnsupportedModelError
+from zoprune.errors import (ConfigError, InputError, NumericalError, PluginError, UnsupportedModelError,
+                             ZopruneError)
 from zoprune.interfaces import Context, ImageTokens, Merge, ModelAdapter, Scorer, Selector
 from zoprune.registry import get_registry
 
@@ -48,15 +50,49 @@ class Selection:
         return self.kept.numel() + (self.merged.shape[0] if self.merged is not None else 0)
 
 
-@dataclass
+@dataclass(eq=False)
+class _MemoEntry:
+    """One input's visual tokens and the scores computed on them so far."""
+
+    key: tuple
+    inputs: tuple  # holds the keyed tensors, so their ids cannot be reused while the entry lives
+    images: list[ImageTokens]
+    scores: dict[int, torch.Tensor] = field(default_factory=dict)  # image index -> (N,) scores
+
+
 class _Memo:
     """The last inputs' visual tokens and scores. Scores depend on the image and the seed, not on the budget, so a
-    PrunedModel and its :meth:`PrunedModel.at_budget` twins share one memo and a budget sweep scores once."""
+    PrunedModel and its :meth:`PrunedModel.at_budget` twins share one memo and a budget sweep scores once.
 
-    key: tuple = ()
-    inputs: list = field(default_factory=list)  # holds the keyed tensors, so their ids cannot be reused meanwhile
-    images: list[ImageTokens] = field(default_factory=list)
-    scores: dict[int, torch.Tensor] = field(default_factory=dict)  # image index -> (N,) scores
+    Safe to share between threads: an entry is keyed on the identity and in-place version of every input tensor
+    (and holds those tensors, so no other tensor can take their ids while it is kept), and it is replaced whole
+    under a lock, so a call either finds the entry of its own inputs or makes a new one; it never sees another
+    request's tokens or scores. Two threads on the same input tensors share an entry and may both score an image:
+    they compute the same scores (seeded per image), and either one is kept.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entry: _MemoEntry | None = None
+
+    def __getstate__(self) -> dict:  # a copy (copy.deepcopy, pickle) starts empty, with a lock of its own
+        return {}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__()
+
+    def find(self, key: tuple) -> _MemoEntry | None:
+        """The entry of ``key``; None on a miss (or when ``key`` is empty: inputs that cannot be compared)."""
+        with self._lock:
+            entry = self._entry
+        return entry if key and entry is not None and entry.key == key else None
+
+    def store(self, key: tuple, inputs: dict[str, Any], images: list[ImageTokens]) -> _MemoEntry:
+        entry = _MemoEntry(key, tuple(inputs.values()), images)
+        if key:
+            with self._lock:
+                self._entry = entry
+        return entry
 
     @staticmethod
     def key_of(inputs: dict[str, Any]) -> tuple:
@@ -72,8 +108,45 @@ class _Memo:
         return tuple(key)
 
 
+class _PerThread(threading.local):
+    """State of the calls made from one thread (``threading.local``: every thread sees its own)."""
+
+    def __init__(self) -> None:
+        self.selection: list[Selection] = []
+
+
+class _ProjectorCopies:
+    """The projector copied to scoring dtypes, per (dtype, device); shared by budget twins, built once."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._copies: dict[tuple[torch.dtype, torch.device], torch.nn.Module] = {}
+
+    def __getstate__(self) -> dict:  # a copy starts empty (the copies are rebuilt on demand), with its own lock
+        return {}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__()
+
+    def get(self, projector: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+        weight = next(projector.parameters())
+        if weight.dtype == dtype:
+            return projector
+        key = (dtype, weight.device)  # the model may have moved since the copy was made
+        with self._lock:
+            if key not in self._copies:
+                self._copies[key] = copy.deepcopy(projector).to(dtype).eval()
+            return self._copies[key]
+
+
 class PrunedModel:
-    """A model with a pruning pipeline in front of its language model. The wrapped model is not modified."""
+    """A model with a pruning pipeline in front of its language model. The wrapped model is not modified.
+
+    One PrunedModel (and its :meth:`at_budget` twins) may serve several threads at once: a call keeps its state
+    in local variables, ``last_selection`` is kept per thread, the memo of scores is keyed on each call's own
+    input tensors, and an in-LLM selector's hooks act only on the forward pass of the thread that placed them.
+    A call that raises leaves the model as it was (no hooks, no changed weights) and ``last_selection`` empty.
+    """
 
     def __init__(self, model: torch.nn.Module, config: PipelineConfig, adapter: ModelAdapter,
                  scorer: Scorer | None, selector: Selector):
@@ -82,16 +155,33 @@ class PrunedModel:
         self.adapter = adapter
         self.scorer = scorer
         self.selector = selector
-        self.last_selection: list[Selection] = []
-        """One [`Selection`][zoprune.Selection] per image of the last ``generate`` / ``__call__`` / ``select`` call,
-        in batch order: which tokens were kept (``kept``), their scores, how many there were."""
-        self._projectors: dict[tuple[torch.dtype, torch.device], torch.nn.Module] = {}
+        self._per_thread = _PerThread()
+        self._projectors = _ProjectorCopies()
         self._memo = _Memo()
+
+    def __getstate__(self) -> dict:
+        # copy.deepcopy and pickle: the per-thread state stays behind (a copy starts with no selection)
+        return {key: value for key, value in self.__dict__.items() if key != "_per_thread"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._per_thread = _PerThread()
 
     def __repr__(self) -> str:
         scorer = self.scorer.name if self.scorer is not None else None
         return (f"PrunedModel({type(self.model).__name__}, adapter={self.adapter.name!r}, scorer={scorer!r}, "
                 f"selector={self.selector.name!r}, budget={self.config.budget!r})")
+
+    @property
+    def last_selection(self) -> list[Selection]:
+        """One entry per image of this thread's last ``generate`` / ``__call__`` / ``select`` / ``prepare`` call, in
+        batch order; empty when that call raised. Kept per thread, so threads sharing the model each read their
+        own call's selection (``select`` also returns it)."""
+        return self._per_thread.selection
+
+    @last_selection.setter
+    def last_selection(self, value: list[Selection]) -> None:
+        self._per_thread.selection = value
 
     def at_budget(self, budget: Any) -> "PrunedModel":
         """The same pipeline keeping ``budget`` tokens per image (any form ``PipelineConfig.budget`` takes).
@@ -111,14 +201,7 @@ class PrunedModel:
 
     def _projector(self, dtype: torch.dtype) -> torch.nn.Module:
         # the perturbed passes run in the scoring dtype; an fp32 copy of the projector is small next to the model
-        projector = self.adapter.projector()
-        weight = next(projector.parameters())
-        if weight.dtype == dtype:
-            return projector
-        key = (dtype, weight.device)  # the model may have moved since the copy was made
-        if key not in self._projectors:
-            self._projectors[key] = copy.deepcopy(projector).to(dtype).eval()
-        return self._projectors[key]
+        return self._projectors.get(self.adapter.projector(), dtype)
 
     @torch.no_grad()
     def select(self, **inputs: Any) -> list[Selection]:
@@ -128,69 +211,132 @@ class PrunedModel:
         :class:`Selection` per image, in batch order, and keeps it in ``last_selection``. A selector that prunes
         inside the language model needs its first layers, so for one the model's forward pass runs.
         """
+        self.last_selection = []
         if self.selector.stage == "in_llm":  # the selection needs the language model's first layers
             self(**inputs)
             return self.last_selection
-        images = self._extract(inputs)
-        self.last_selection = self._select(images)
-        return self.last_selection
+        entry = self._extract_entry(inputs)
+        selections = self._select(entry.images, entry.scores)
+        self.last_selection = selections
+        return selections
 
-    def _inside_llm(self, inputs: dict[str, Any]) -> Any:
+    def _inside_llm(self, inputs: dict[str, Any], chosen: list[Selection]) -> Any:
         """The adapter's context that selects inside the language model (for an "in_llm" selector); it fills
-        ``last_selection`` when the language model's prefill reaches the selector's layer."""
-        self.last_selection = []
+        ``chosen`` when the language model's prefill reaches the selector's layer."""
+        check_inputs(inputs)
 
         def select(images: list[ImageTokens]) -> list[torch.Tensor]:
-            self.last_selection = self._select(images, memo=False)
-            return [s.kept for s in self.last_selection]
+            chosen[:] = self._select(images, stage="in_llm")
+            return [s.kept for s in chosen]
 
         dtype = self.config.torch_dtype(next(self.model.parameters()).dtype)
         return self.adapter.inside_llm(inputs, self.selector.llm_layer, select, dtype)
 
     def _extract(self, inputs: dict[str, Any]) -> list[ImageTokens]:
+        """Every image's tokens (from the memo when ``inputs`` are the tensors of the last call)."""
+        return self._extract_entry(inputs).images
+
+    def _extract_entry(self, inputs: dict[str, Any]) -> _MemoEntry:
+        check_inputs(inputs)
         requires = _requires(self.scorer, self.selector)
-        key = (_Memo.key_of(inputs), requires)
-        if key[0] and key == self._memo.key:
-            return self._memo.images
+        key = _Memo.key_of(inputs)
+        key = (key, requires) if key else ()
+        entry = self._memo.find(key)
+        if entry is not None:
+            return entry
         dtype = self.config.torch_dtype(next(self.adapter.projector().parameters()).dtype)
         images = self.adapter.extract(inputs, self._projector(dtype), dtype, requires)
-        self._memo.key, self._memo.inputs, self._memo.images = key, list(inputs.values()), images
-        self._memo.scores = {}
-        return images
+        return self._memo.store(key, inputs, images)
 
-    def _select(self, images: list[ImageTokens], memo: bool = True) -> list[Selection]:
-        """Score and select every entry; with ``memo``, ``images`` came from ``_extract`` and scores are reused."""
+    def _select(self, images: list[ImageTokens], cached: dict[int, torch.Tensor] | None = None,
+                stage: str = "pre_llm") -> list[Selection]:
+        """Score and select every entry. ``cached``: scores by entry index, read and filled (the memo's); ``stage``
+        says where the tokens come from, for error messages."""
         selections = []
         budgets = self.adapter.token_budgets(self.config.budget, images)
-        cached = self._memo.scores if memo and images is self._memo.images else {}
         for index, (tokens, k) in enumerate(zip(images, budgets)):
             # a generator per image, seeded alike: an image's selection does not depend on its batch neighbours
             ctx = Context(generator=torch.Generator(tokens.features.device).manual_seed(self.config.seed),
                           dtype=tokens.features.dtype)
             n = tokens.num_tokens
             if not 1 <= k <= n:
-                raise PluginError(f"adapter {self.adapter.name!r} gave a budget of {k} tokens to an entry "
+                raise PluginError(f"{_origin('adapter', self.adapter)} gave a budget of {k} tokens to an entry "
                                   f"of {n}")
             if k == n:  # nothing to prune: no scoring work either
                 selections.append(Selection(tokens.sample, tokens.image, n, torch.arange(n), None, tokens.grid))
                 continue
-            scores = cached.get(index)
+            check_finite(tokens, stage)
+            scores = cached.get(index) if cached is not None else None
             if scores is None and self.scorer is not None:
-                scores = self.scorer.score(tokens, ctx)
-                if memo:
+                scores = self._score(tokens, ctx)
+                if cached is not None:
                     cached[index] = scores
-            if scores is not None and tuple(scores.shape) != (n,):
-                raise PluginError(f"scorer {self.scorer.name!r} returned scores of shape {tuple(scores.shape)}, "
-                                  f"expected ({n},)")
-            chosen = self.selector.select(scores, tokens, k, ctx)
+            chosen = self._choose(scores, tokens, k, ctx)
             merged = groups = None
             if isinstance(chosen, Merge):
-                merged, groups = _check_merge(chosen, tokens, k, self.selector.name)
+                merged, groups = _check_merge(chosen, tokens, k, _origin("selector", self.selector))
                 chosen = chosen.kept
-            _check_kept(chosen, n, k - (merged.shape[0] if merged is not None else 0), self.selector.name)
+            _check_kept(chosen, n, k - (merged.shape[0] if merged is not None else 0),
+                        _origin("selector", self.selector), tokens)
             selections.append(Selection(tokens.sample, tokens.image, n, chosen.to(torch.long), scores, tokens.grid,
                                         merged, groups))
         return selections
+
+    def _score(self, tokens: ImageTokens, ctx: Context) -> torch.Tensor:
+        """The scorer's (N,) scores, checked: a plugin's bug or a NaN is named here, with the image."""
+        what, where = _origin("scorer", self.scorer), entry_name(tokens)
+        try:
+            scores = self.scorer.score(tokens, ctx)
+        except ZopruneError:
+            raise
+        except Exception as error:  # a plugin's own exception: say whose it is and on which image
+            raise PluginError(f"{what} failed on {where}: {type(error).__name__}: {error}") from error
+        n, device = tokens.num_tokens, tokens.features.device
+        problem = None
+        if not isinstance(scores, torch.Tensor):
+            problem = f"a {type(scores).__name__} instead of a tensor"
+        elif tuple(scores.shape) != (n,):
+            problem = f"scores of shape {tuple(scores.shape)}, expected ({n},)"
+        elif not scores.dtype.is_floating_point:
+            problem = f"scores of dtype {scores.dtype}, expected a floating-point dtype"
+        elif scores.device != device:
+            problem = f"scores on device {scores.device}, expected the tokens' device {device}"
+        if problem:
+            raise PluginError(f"{what} returned {problem} for {where}")
+        bad = int((~torch.isfinite(scores)).sum())
+        if bad:
+            raise NumericalError(f"{what} returned {bad} non-finite scores (NaN or inf) of {n} for {where}, whose "
+                                 f"tokens are finite; nothing was selected")
+        return scores
+
+    def _choose(self, scores: torch.Tensor | None, tokens: ImageTokens, k: int, ctx: Context) -> Any:
+        """The selector's output for one entry (checked by the caller); its own exceptions are named."""
+        try:
+            chosen = self.selector.select(scores, tokens, k, ctx)
+        except ZopruneError:
+            raise
+        except Exception as error:
+            raise PluginError(f"{_origin('selector', self.selector)} failed on {entry_name(tokens)}: "
+                              f"{type(error).__name__}: {error}") from error
+        if not isinstance(chosen, (torch.Tensor, Merge)):
+            raise PluginError(f"{_origin('selector', self.selector)} returned a {type(chosen).__name__} for "
+                              f"{entry_name(tokens)}; expected a tensor of indices"
+                              + (" or a Merge" if self.selector.merges else ""))
+        return chosen
+
+    def _prepare(self, inputs: dict[str, Any]) -> tuple[dict[str, Any], list[Selection]]:
+        """The pruned model keyword arguments and the selections they hold (nothing stored on ``self``)."""
+        if self.selector.stage == "in_llm":
+            return dict(inputs), []
+        entry = self._extract_entry(inputs)
+        images = entry.images
+        if not images:  # text-only inputs: nothing to prune
+            return dict(inputs), []
+        selections = self._select(images, entry.scores)
+        kept = [s.kept.to(images[i].model_embeddings.device) for i, s in enumerate(selections)]
+        if all(s.merged is None for s in selections):
+            return self.adapter.pruned_inputs(inputs, images, kept), selections
+        return self.adapter.pruned_inputs(inputs, images, kept, merged=[s.merged for s in selections]), selections
 
     @torch.no_grad()
     def prepare(self, **inputs: Any) -> dict[str, Any]:
@@ -199,24 +345,25 @@ class PrunedModel:
         With a selector that prunes inside the language model ("in_llm") the inputs stay whole: the pruning happens
         while ``generate`` / ``__call__`` run the model.
         """
-        if self.selector.stage == "in_llm":
-            return dict(inputs)
-        images = self._extract(inputs)
-        if not images:  # text-only inputs: nothing to prune
-            self.last_selection = []
-            return dict(inputs)
-        self.last_selection = self._select(images)
-        kept = [s.kept.to(images[i].model_embeddings.device) for i, s in enumerate(self.last_selection)]
-        if all(s.merged is None for s in self.last_selection):
-            return self.adapter.pruned_inputs(inputs, images, kept)
-        return self.adapter.pruned_inputs(inputs, images, kept, merged=[s.merged for s in self.last_selection])
+        self.last_selection = []
+        pruned, selections = self._prepare(inputs)
+        self.last_selection = selections
+        return pruned
 
     def __call__(self, **inputs: Any) -> Any:
         """The model's forward pass on the pruned inputs (logits cover the pruned sequence)."""
+        self.last_selection = []
         if self.selector.stage == "in_llm":
-            with torch.no_grad(), self._inside_llm(inputs):
-                return self.model(**inputs)
-        return self.model(**self.prepare(**inputs))
+            chosen: list[Selection] = []
+            with torch.no_grad(), self._inside_llm(inputs, chosen):
+                output = self.model(**inputs)
+            self.last_selection = chosen
+            return output
+        with torch.no_grad():
+            pruned, selections = self._prepare(inputs)
+        output = self.model(**pruned)
+        self.last_selection = selections
+        return output
 
     def forward(self, **inputs: Any) -> Any:
         """The same as calling the pruned model: the model's forward pass on the pruned inputs."""
@@ -229,11 +376,16 @@ class PrunedModel:
         The returned sequences start with the caller's own ``input_ids`` (not the shorter pruned prompt), so
         ``output[:, inputs["input_ids"].shape[1]:]`` is the generated text, as with the unpruned model.
         """
+        self.last_selection = []
         if self.selector.stage == "in_llm":
-            with self._inside_llm(kwargs):
-                return self.model.generate(**kwargs)
-        pruned = self.prepare(**kwargs)
+            chosen: list[Selection] = []
+            with self._inside_llm(kwargs, chosen):
+                output = self.model.generate(**kwargs)
+            self.last_selection = chosen
+            return output
+        pruned, selections = self._prepare(kwargs)
         output = self.model.generate(**pruned)
+        self.last_selection = selections
         original, short = kwargs.get("input_ids"), pruned.get("input_ids")
         if original is None or short is None or original.shape == short.shape:
             return output
@@ -247,6 +399,80 @@ class PrunedModel:
         return output
 
 
+def entry_name(tokens: ImageTokens) -> str:
+    """How error messages name an entry: ``image 1 of prompt 0`` (``, view 2`` for a view or frame)."""
+    view = getattr(tokens, "view", 0)
+    return f"image {tokens.image} of prompt {tokens.sample}" + (f", view {view}" if view else "")
+
+
+def _origin(kind: str, component: Any) -> str:
+    """How error messages name a component: ``scorer 'name' (from distribution 'dist')``."""
+    registered = get_registry().components.get(kind, {}).get(component.name)
+    if registered is not None and registered.cls is type(component):
+        return f"{kind} {component.name!r} (from distribution {registered.distribution!r})"
+    return f"{kind} {component.name!r}"
+
+
+# what each tensor of an entry is, by where the entry comes from: for errors that name the component at fault
+_SOURCES = {
+    "pre_llm": (("features", "the vision features (the projector's input)"),
+                ("model_embeddings", "the projector's output"),
+                ("embeddings", "the projector's output in the scoring dtype")),
+    "in_llm": (("model_embeddings", "the language model's hidden states at the selector's layer"),),
+}
+
+
+def check_finite(tokens: ImageTokens, stage: str = "pre_llm") -> None:
+    """A NumericalError naming the entry and the component when its tokens hold NaN or inf: scores and
+    similarities of such tokens are meaningless, and a selection from them would be arbitrary."""
+    for attribute, what in _SOURCES[stage]:
+        values = getattr(tokens, attribute)
+        bad = int((~torch.isfinite(values)).sum())
+        if bad:
+            hint = (" (float16 overflow is the usual cause: load the model in bfloat16 or float32)"
+                    if values.dtype == torch.float16 else "")
+            dtype = str(values.dtype).removeprefix("torch.")
+            raise NumericalError(f"{bad} non-finite values (NaN or inf) in {what} for {entry_name(tokens)} "
+                                 f"({dtype}){hint}; nothing was pruned")
+
+
+def check_inputs(inputs: dict[str, Any]) -> None:
+    """InputError for inputs no model could run on: not tensors, wrong dtypes or ranks, empty batches or prompts
+    (family-specific checks, such as placeholders against images, are the adapters')."""
+    input_ids = inputs.get("input_ids")
+    if input_ids is not None:
+        if not isinstance(input_ids, torch.Tensor):
+            raise InputError(f"`input_ids` must be a tensor (call the processor with return_tensors='pt'), "
+                             f"got a {type(input_ids).__name__}")
+        if input_ids.ndim != 2:
+            raise InputError(f"`input_ids` must be (batch, length), got shape {tuple(input_ids.shape)}")
+        if input_ids.dtype.is_floating_point or input_ids.dtype.is_complex or input_ids.dtype == torch.bool:
+            raise InputError(f"`input_ids` must hold integer token ids, got dtype {input_ids.dtype}")
+        if input_ids.numel() == 0:
+            raise InputError(f"`input_ids` of shape {tuple(input_ids.shape)}: an empty batch or empty prompts")
+        mask = inputs.get("attention_mask")
+        if mask is not None:
+            if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != tuple(input_ids.shape):
+                shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+                raise InputError(f"`attention_mask` must have the shape of `input_ids` {tuple(input_ids.shape)}, "
+                                 f"got {shape}")
+            empty = (~mask.bool()).all(dim=1).nonzero().flatten().tolist()
+            if empty:
+                raise InputError(f"prompt {empty[0]} is empty: its attention_mask is all zeros")
+    for key in ("pixel_values", "pixel_values_videos"):
+        value = inputs.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, torch.Tensor):
+            raise InputError(f"`{key}` must be a tensor (call the processor with return_tensors='pt'), got a "
+                             f"{type(value).__name__}")
+        if not value.dtype.is_floating_point:
+            raise InputError(f"`{key}` must be floating point (the image processor's output), got dtype "
+                             f"{value.dtype}")
+        if value.numel() == 0:
+            raise InputError(f"`{key}` of shape {tuple(value.shape)} holds no pixels")
+
+
 def _requires(scorer: Scorer | None, selector: Selector) -> frozenset[str]:
     """The extra signals the scorer and the selector ask the adapter for."""
     return (scorer.requires if scorer is not None else frozenset()) | frozenset(selector.requires)
@@ -255,24 +481,28 @@ def _requires(scorer: Scorer | None, selector: Selector) -> frozenset[str]:
 def _check_merge(merge: Merge, tokens: ImageTokens, k: int,
                  selector: str) -> tuple[torch.Tensor | None, torch.Tensor]:
     """A merging selector's merged tokens (M, d_l) in the model's dtype (None when M = 0) and its groups (N,),
-    checked."""
+    checked. ``selector`` is how errors name it (``selector 'visionzip' (from distribution 'zoprune')``)."""
     n, width = tokens.num_tokens, tokens.model_embeddings.shape[-1]
     embeddings, groups = merge.embeddings, merge.groups
     problem = None
-    if embeddings.ndim != 2 or embeddings.shape[1] != width or embeddings.shape[0] > k:
+    if not isinstance(embeddings, torch.Tensor) or not isinstance(groups, torch.Tensor):
+        problem = "merged tokens and groups that are not tensors"
+    elif embeddings.ndim != 2 or embeddings.shape[1] != width or embeddings.shape[0] > k:
         problem = f"merged tokens of shape {tuple(embeddings.shape)}, expected (M <= {k}, {width})"
     elif tuple(groups.shape) != (n,) or groups.dtype.is_floating_point:
         problem = f"groups of shape {tuple(groups.shape)} and dtype {groups.dtype}, expected ({n},) integers"
     if problem:
-        raise PluginError(f"selector {selector!r} returned {problem}")
+        raise PluginError(f"{selector} returned {problem} for {entry_name(tokens)}")
     merged = embeddings.to(tokens.model_embeddings.dtype) if embeddings.shape[0] else None
     return merged, groups.to(torch.long)
 
 
-def _check_kept(kept: torch.Tensor, n: int, k: int, selector: str) -> None:
+def _check_kept(kept: torch.Tensor, n: int, k: int, selector: str, tokens: ImageTokens) -> None:
     # a plugin's bug should surface here with its name, not as a shape error deep inside the language model
     problem = None
-    if kept.ndim != 1 or kept.numel() != k:
+    if not isinstance(kept, torch.Tensor):
+        problem = f"kept indices as a {type(kept).__name__} instead of a tensor"
+    elif kept.ndim != 1 or kept.numel() != k:
         problem = f"{tuple(kept.shape)} indices, expected {k}"
     elif kept.dtype.is_floating_point:
         problem = f"indices of dtype {kept.dtype}"
@@ -281,7 +511,7 @@ def _check_kept(kept: torch.Tensor, n: int, k: int, selector: str) -> None:
     elif k > 1 and not bool((kept[1:] > kept[:-1]).all()):
         problem = "indices that are not distinct and sorted ascending"
     if problem:
-        raise PluginError(f"selector {selector!r} returned {problem}")
+        raise PluginError(f"{selector} returned {problem} for {entry_name(tokens)}")
 
 
 def prune(model: torch.nn.Module, config: PipelineConfig | dict | str | Path | None = None,
@@ -299,6 +529,7 @@ def prune(model: torch.nn.Module, config: PipelineConfig | dict | str | Path | N
     scorer = scorer_entry[0](scorer_entry[1]) if scorer_entry is not None else None
     if scorer is not None:
         _check_provided("scorer", scorer, adapter)
+        scorer.check_scoring_dtype(config.torch_dtype(next(adapter.projector().parameters()).dtype))
     if selector_cls.stage == "in_llm" and scorer is not None:
         raise ConfigError(f"selector {selector_cls.name!r} ranks tokens inside the language model by its own "
                           f"signal; set `scorer: null` (it has {scorer.name!r})")

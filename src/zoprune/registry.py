@@ -54,15 +54,29 @@ class Registry:
     methods: dict[str, Method] = field(default_factory=dict)
 
     def register_plugin(self, plugin: object, name: str, distribution: str = "(local)") -> None:
-        """Register a plugin object (a module or class with hook implementations) and collect its components."""
+        """Register a plugin object (a module or class with hook implementations) and collect its components.
+
+        All or nothing: when one of its hooks raises, what it registered before is removed again and the error is
+        a PluginError naming the plugin and its distribution.
+        """
+        before = ({kind: dict(found) for kind, found in self.components.items()}, dict(self.methods))
         self.manager.register(plugin, name=name)
-        for kind in _BASES:
-            hook = getattr(self.manager.hook, f"register_{kind}s")
-            # call only this plugin's implementations, so components are attributed to the plugin that made them
-            for impl in (impl for impl in hook.get_hookimpls() if impl.plugin is plugin):
-                impl.function(register=self._collector(kind, name, distribution))
-        for impl in (impl for impl in self.manager.hook.register_methods.get_hookimpls() if impl.plugin is plugin):
-            impl.function(register=self._method_collector(name, distribution))
+        try:
+            for kind in _BASES:
+                hook = getattr(self.manager.hook, f"register_{kind}s")
+                # call only this plugin's implementations, so components are attributed to the plugin that made them
+                for impl in (impl for impl in hook.get_hookimpls() if impl.plugin is plugin):
+                    impl.function(register=self._collector(kind, name, distribution))
+            for impl in (impl for impl in self.manager.hook.register_methods.get_hookimpls()
+                         if impl.plugin is plugin):
+                impl.function(register=self._method_collector(name, distribution))
+        except Exception as error:
+            self.components, self.methods = before
+            self.manager.unregister(plugin)
+            if isinstance(error, PluginError):
+                raise
+            raise PluginError(f"plugin {name!r} ({distribution}) failed while registering its components: "
+                              f"{type(error).__name__}: {error}") from error
 
     def _method_collector(self, plugin: str, distribution: str):
         def register(name: str, config: dict, description: str = "") -> None:

@@ -76,7 +76,8 @@ def test_evaluate_reports_relative_accuracy_intervals_and_means_computed_here(mo
         ("zo_sensitivity", 4): (set(range(10)), [4] * 10),  # 10 / 10: better than unpruned
     }
 
-    def scripted(models, processor, examples, prompt, batch_size=32, max_new_tokens=4, on_batch=None):
+    def scripted(models, processor, examples, prompt, batch_size=32, max_new_tokens=4, on_batch=None, device=None):
+        examples = list(examples)  # an iterator read once, as answer_all reads it
         out = []
         for model in models:
             budget = model.config.budget.keep
@@ -110,7 +111,8 @@ def test_relative_accuracy_is_none_when_the_unpruned_model_scores_nothing(monkey
 
     examples = [Example(None, "q", "red"), Example(None, "q", "blue")]
 
-    def scripted(models, processor, examples, prompt, batch_size=32, max_new_tokens=4, on_batch=None):
+    def scripted(models, processor, examples, prompt, batch_size=32, max_new_tokens=4, on_batch=None, device=None):
+        list(examples)
         return [(["red", "green"] if model.config.budget.keep != evaluation.KEEP_ALL else ["no", "no"], [4, 4],
                  [16, 16]) for model in models]
 
@@ -153,3 +155,42 @@ def test_plot_draws_each_method_with_its_style(tmp_path, monkeypatch):
     drawn = {bars.get_label(): (bars.lines[0].get_color(), bars.lines[0].get_marker()) for bars in axis.containers}
     expected = {name: (s["color"], s["marker"]) for name, s in plot_styles(names).items()}
     assert drawn == expected and len(set(drawn.values())) == len(names)
+
+
+def test_shapes_examples_are_generated_on_the_fly_and_equal_the_data_set():
+    import numpy as np
+
+    from zoprune.evaluation import ShapesExamples
+    from zoprune.shapes.data import make_dataset
+
+    lazy, eager = ShapesExamples(7, 3), make_dataset(7, 3)
+    assert len(lazy) == 7
+    for a, b in zip(lazy, eager):
+        assert (a.question, a.answer, a.kind) == (b.question, b.answer, b.kind)
+        assert np.array_equal(np.asarray(a.image), np.asarray(b.image))
+    assert [e.question for e in lazy[2:5]] == [e.question for e in eager[2:5]]
+    assert lazy[-1].question == eager[-1].question
+    with pytest.raises(IndexError):
+        lazy[7]
+
+
+def test_evaluate_reads_the_examples_once_as_an_iterator(tiny_checkpoint):
+    from zoprune.cli.loading import load_model, prompt_text
+    from zoprune.evaluation import evaluate
+    from zoprune.pipeline import resolve_config
+
+    model, processor = load_model(str(tiny_checkpoint))
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    examples = [Example(Image.fromarray((rng.random((32, 32, 3)) * 255).astype("uint8")), "what colour is the circle ?",
+                        "red", "colour") for _ in range(5)]
+    methods = {"random": resolve_config({"scorer": None, "selector": "random"})}
+    once = evaluate(model, processor, iter(examples), methods, [4, 8], lambda q: prompt_text(processor, q),
+                    batch_size=2)
+    listed = evaluate(model, processor, examples, methods, [4, 8], lambda q: prompt_text(processor, q), batch_size=2)
+    assert [(r.method, r.budget, r.total, r.correct, r.kept_tokens) for r in once] == \
+        [(r.method, r.budget, r.total, r.correct, r.kept_tokens) for r in listed]
+    assert [(r.method, r.budget, r.total, r.kept_tokens) for r in once] == [
+        ("unpruned", None, 5, 16), ("random", 4, 5, 4), ("random", 8, 5, 8)]

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -161,6 +162,9 @@ class InsideLLM:
         self.prefill = False
 
     def __enter__(self) -> "InsideLLM":
+        # the hooks sit on the shared model's layers: they act only on this thread's forward passes, so other
+        # threads calling the same model meanwhile (pruned by other pipelines or not at all) run unchanged
+        self.thread = threading.get_ident()
         self.handles.append(self.layers[self.k - 1].register_forward_pre_hook(self._before_scoring_layer,
                                                                             with_kwargs=True))
         for layer in self.layers[self.k:]:
@@ -173,7 +177,11 @@ class InsideLLM:
         self.handles.clear()
 
     # -- the layer before pruning: select (prefill) and prepare what the later layers get (every pass)
-    def _before_scoring_layer(self, module, args, kwargs):
+    def _before_scoring_layer(self, module, args, kwargs=None):
+        # kwargs is None only for another thread's forward pass that meets this hook while torch registers or
+        # removes it (the hook and its with_kwargs flag are two dict entries): not ours either
+        if kwargs is None or threading.get_ident() != self.thread:
+            return None
         hidden = args[0] if args else kwargs["hidden_states"]
         mask = kwargs.get("attention_mask")
         cos, sin = kwargs["position_embeddings"]
@@ -270,8 +278,8 @@ class InsideLLM:
         self.seen = length
 
     # -- every layer from k on: the kept tokens only
-    def _before_pruned_layer(self, module, args, kwargs):
-        if self.index is None:
+    def _before_pruned_layer(self, module, args, kwargs=None):
+        if self.index is None or kwargs is None or threading.get_ident() != self.thread:
             return None
         if self.prefill and module is self.layers[self.k]:
             hidden = args[0] if args else kwargs.pop("hidden_states")

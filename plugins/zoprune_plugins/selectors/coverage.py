@@ -8,6 +8,7 @@ import torch
 from pydantic import Field
 
 from zoprune import ComponentConfig, Context, ImageTokens, Selector, hookimpl
+from zoprune_plugins.selectors.uniform import evenly_spaced
 
 
 class CoverageConfig(ComponentConfig):
@@ -24,6 +25,10 @@ class Coverage(Selector):
     ``s`` is the score min-max normalised per image; ``z`` are the projected features. The state is one running
     maximum cosine per token (O(N) memory, never an N x N matrix), kept up to date lazily: see
     :func:`greedy_max_cosine`.
+
+    Degenerate inputs (docs/reliability.md): when every score is equal the scores say nothing, so the selection is
+    pure diversity, DivPrune's (the authors' code keeps tokens 0..k-1 there: its +1e-8 turns every weight into 0);
+    when every token is identical no choice is better than another, so k evenly spaced tokens are kept.
     """
 
     name = "coverage"
@@ -42,8 +47,30 @@ def minmax(scores: torch.Tensor) -> torch.Tensor:
 def coverage_select(scores: torch.Tensor, embeddings: torch.Tensor, k: int,
                     fusion: str = "product") -> torch.Tensor:
     """Indices (k,) sorted ascending. ``scores``: (N,); ``embeddings``: (N, d), any dtype, never copied whole."""
-    s = minmax(scores).to(embeddings.device)
-    return greedy_max_cosine(s, embeddings, k, int(torch.argmax(s)), fusion)
+    if identical_rows(embeddings):
+        return evenly_spaced(embeddings.shape[0], k, embeddings.device)
+    s, first = sensitivity_weights(scores, embeddings)
+    return greedy_max_cosine(s.to(embeddings.device), embeddings, k, first, fusion)
+
+
+def sensitivity_weights(scores: torch.Tensor, embeddings: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """``(s, first)``: the weights (N,) of the greedy and its first pick. Normally ``minmax(scores)`` and the most
+    sensitive token. When every score is equal there is no preference: weights of 1 and DivPrune's first pick (the
+    most isolated token), so the selection is DivPrune's -- not tokens 0..k-1, which the +1e-8 of the authors'
+    normalisation would give (every weight 0, every gain 0, the lowest index winning each pick)."""
+    scores = scores.float()
+    if bool((scores == scores[0]).all()):
+        from zoprune_plugins.selectors.divprune import most_isolated  # divprune builds on this module
+
+        return torch.ones_like(scores), most_isolated(embeddings)
+    s = minmax(scores)
+    return s, int(torch.argmax(s))
+
+
+def identical_rows(embeddings: torch.Tensor) -> bool:
+    """Whether all N rows (N, d) are equal (a blank image's tokens at the extreme): then every similarity is 1 and
+    every greedy pick a tie."""
+    return bool((embeddings == embeddings[:1]).all())
 
 
 def greedy_max_cosine(s: torch.Tensor, embeddings: torch.Tensor, k: int, first: int,
@@ -189,12 +216,13 @@ def coverage_select_dense(scores: torch.Tensor, embeddings: torch.Tensor, k: int
                           fusion: str = "product") -> torch.Tensor:
     """The plain loop (one pass over all N normalised tokens per pick); ``coverage_select`` picks the same tokens.
     Kept as the reference for tests and benchmarks."""
-    s = minmax(scores)
+    if identical_rows(embeddings):
+        return evenly_spaced(embeddings.shape[0], k, embeddings.device)
+    s, first = sensitivity_weights(scores, embeddings)
     z = torch.nn.functional.normalize(embeddings.float(), dim=-1)  # (N, d)
     n = z.shape[0]
     chosen = torch.empty(k, dtype=torch.long, device=z.device)
     taken = torch.zeros(n, dtype=torch.bool, device=z.device)
-    first = int(torch.argmax(s))
     chosen[0] = first
     taken[first] = True
     max_cos = z @ z[first]  # (N,) running max cosine similarity to the kept set

@@ -10,7 +10,8 @@ import torch
 from pydantic import Field
 
 from zoprune import ComponentConfig, Context, ImageTokens, Selector, hookimpl
-from zoprune_plugins.selectors.coverage import unit_rows, greedy_max_cosine
+from zoprune_plugins.selectors.coverage import greedy_max_cosine, identical_rows, unit_rows
+from zoprune_plugins.selectors.uniform import evenly_spaced
 
 
 class DivPruneConfig(ComponentConfig):
@@ -109,9 +110,12 @@ def divprune_select(embeddings: torch.Tensor, k: int, chunk: int = 1024) -> torc
     coverage selector's greedy with all sensitivities 1 (exact lazy evaluation, O(N) state; see
     :func:`~zoprune_plugins.selectors.coverage.greedy_max_cosine`). Kept tokens are not picked again: the official
     code does not exclude them (their self-distance is ~0, so they only come back when duplicates leave nothing
-    farther); excluding them guarantees k distinct tokens.
+    farther); excluding them guarantees k distinct tokens. When all N tokens are identical every pick is a tie
+    (the official code's would be tokens 0..k-1): k evenly spaced tokens are kept instead.
     """
     n = embeddings.shape[0]
+    if identical_rows(embeddings):
+        return evenly_spaced(n, k, embeddings.device)
     # ties go to the earlier token, as torch.argmax does in the official code
     first = most_isolated(embeddings, chunk)
     ones = torch.ones(n, dtype=torch.float32, device=embeddings.device)

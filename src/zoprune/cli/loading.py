@@ -58,8 +58,11 @@ def check_device(name: str) -> torch.device:
 
 
 def load_model(name_or_path: str | None, dtype: str = "float32", device: str = "cpu",
-               attn_implementation: str | None = None) -> tuple[Any, Any]:
-    """``(model, processor)`` from a local directory or a hub id, via transformers' Auto classes."""
+               attn_implementation: str | None = None, trust_remote_code: bool = False) -> tuple[Any, Any]:
+    """``(model, processor)`` from a local directory or a hub id, via transformers' Auto classes.
+
+    Code shipped with a checkpoint (``auto_map`` in its config) never runs unless ``trust_remote_code`` is True;
+    the commands have no option that sets it (docs/security.md)."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     name_or_path = name_or_path or default_model()
@@ -70,11 +73,11 @@ def load_model(name_or_path: str | None, dtype: str = "float32", device: str = "
     if dtype not in DTYPES:
         raise ZopruneError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
     check_device(device)
-    kwargs: dict[str, Any] = {"dtype": DTYPES[dtype]}
+    kwargs: dict[str, Any] = {"dtype": DTYPES[dtype], "trust_remote_code": trust_remote_code}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     try:
-        processor = AutoProcessor.from_pretrained(name_or_path)
+        processor = AutoProcessor.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
         model = AutoModelForImageTextToText.from_pretrained(name_or_path, **kwargs)
     except (OSError, ValueError) as error:
         raise ZopruneError(f"could not load model {name_or_path!r}: {error}") from None

@@ -104,8 +104,16 @@ def test_bf16_model_ranks_like_fp32_because_perturbations_run_in_fp32(capsys):
     half_inputs = {**inputs, "pixel_values": inputs["pixel_values"].to(torch.bfloat16)}
 
     reference = zoprune.prune(model, budget=8).select(**inputs)[0].scores
-    fp32_scored = zoprune.prune(half, budget=8).select(**half_inputs)[0].scores
-    naive = zoprune.prune(half, budget=8, scoring_dtype="model").select(**half_inputs)[0].scores.float()
+    pruned = zoprune.prune(half, budget=8)
+    fp32_scored = pruned.select(**half_inputs)[0].scores
+    # what `scoring_dtype: model` would compute (prune refuses it, see below): the scorer on bf16 tokens
+    with torch.no_grad():
+        (tokens,) = pruned.adapter.extract(half_inputs, pruned.adapter.projector(), torch.bfloat16)
+        naive = pruned.scorer.score(tokens, Context(torch.Generator().manual_seed(0), torch.bfloat16)).float()
+    for dtype in ("model", "bfloat16", "float16"):
+        with pytest.raises(zoprune.ConfigError, match="zo_sensitivity cannot score in .*rounding.*float32"):
+            zoprune.prune(half, budget=8, scoring_dtype=dtype)
+    zoprune.prune(model, budget=8, scoring_dtype="model")  # float32: fine
     rho = spearmanr(reference, fp32_scored)[0]
     rho_naive = spearmanr(reference, naive)[0]
     with capsys.disabled():

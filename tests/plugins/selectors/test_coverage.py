@@ -59,3 +59,30 @@ def test_sensitivity_weighs_the_diversity():
     z = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.7, 0.7]])
     scores = torch.tensor([1.0, 0.99, 0.5, 0.0])
     assert coverage_select(scores, z, 2).tolist() == [0, 2]
+
+
+def test_equal_scores_mean_pure_diversity_not_the_first_tokens():
+    """Every score equal (a blank image's sensitivities): no preference, so coverage selects what DivPrune selects.
+    The authors' normalisation (+1e-8) would give every token weight 0 and keep tokens 0..k-1 (the top rows)."""
+    from zoprune_plugins.selectors.coverage import coverage_select_dense
+    from zoprune_plugins.selectors.divprune import divprune_select
+
+    z = clustered(144, 24, 5, 3)
+    for fusion in ("product", "sum"):
+        kept = coverage_select(torch.full((144,), 0.7), z, 12, fusion)
+        assert torch.equal(kept, divprune_select(z, 12))
+        assert torch.equal(kept, coverage_select_dense(torch.full((144,), 0.7), z, 12, fusion))
+        assert kept.tolist() != list(range(12))
+    assert reference(torch.full((144,), 0.7), z, 12) == list(range(12))  # the authors' behaviour, for the record
+
+
+def test_identical_tokens_keep_an_even_spread():
+    """Every token identical: all similarities 1, every pick a tie; k evenly spaced tokens, for any scores."""
+    from zoprune_plugins.selectors.divprune import divprune_select
+    from zoprune_plugins.selectors.uniform import evenly_spaced
+
+    z = torch.ones(64, 8) * 0.3
+    for scores in (torch.rand(64, generator=torch.Generator().manual_seed(0)), torch.zeros(64)):
+        assert torch.equal(coverage_select(scores, z, 4), evenly_spaced(64, 4))
+    assert torch.equal(divprune_select(z, 4), evenly_spaced(64, 4))
+    assert evenly_spaced(64, 4).tolist() == [8, 24, 40, 56]
