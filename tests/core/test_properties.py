@@ -125,8 +125,15 @@ def selector_inputs(draw):
 SELECTORS = {
     "coverage": {}, "coverage-sum": {"fusion": "sum"}, "topk": {}, "random": {}, "uniform": {}, "divprune": {},
     "visionzip": {"similarity": "features"}, "visionzip-keys": {"contextual": 3}, "fastv": {},
-    "fastv-text": {"query": "text"},
+    "fastv-text": {"query": "text"}, "scope": {}, "scope-sum": {"combine": "sum", "space": "embeddings"},
+    "vispruner": {}, "vispruner-all-important": {"important_ratio": 1.0}, "mmr": {}, "mmr-diverse": {"lam": 0.0},
 }
+
+
+def test_the_property_covers_every_built_in_selector():
+    built_in = {name for name, reg in zoprune.get_registry().components["selector"].items()
+                if reg.distribution == "zoprune"}
+    assert built_in == {label.split("-")[0] for label in SELECTORS}
 
 
 def build_selector(label):
