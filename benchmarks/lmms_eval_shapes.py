@@ -55,10 +55,10 @@ def throughput(args: argparse.Namespace) -> None:
 
     tasks = write_shapes_task(Path(args.out) / "tasks", args.n, SEED).parent
     manager = TaskManager("WARNING", include_path=str(tasks), include_defaults=False, model_name="zoprune")
-    model = ZopruneChat(method=args.method, budget=args.budget)
     measured = {}
     for batch in (8, 1, 8):  # the first pass warms caches up and is not counted
-        model.batch_size_per_gpu = batch
+        # a model per run: lmms-eval's clean() deletes the model's modules at the end of each evaluation
+        model = ZopruneChat(method=args.method, budget=args.budget, batch_size=batch)
         started = time.perf_counter()
         results = simple_evaluate(model=model, tasks=[TASK], task_manager=manager, batch_size=batch)
         measured[batch] = (time.perf_counter() - started, float(results["results"][TASK]["exact_match,none"]))
