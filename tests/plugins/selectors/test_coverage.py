@@ -59,3 +59,13 @@ def test_sensitivity_weighs_the_diversity():
     z = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.7, 0.7]])
     scores = torch.tensor([1.0, 0.99, 0.5, 0.0])
     assert coverage_select(scores, z, 2).tolist() == [0, 2]
+
+
+def test_the_selector_passes_its_fusion_on():
+    g = torch.Generator().manual_seed(3)
+    z, scores = torch.randn(40, 8, generator=g), torch.rand(40, generator=g)
+    tokens = ImageTokens(features=z, embeddings=z, model_embeddings=z, projector=lambda x: x, sample=0, image=0)
+    by_fusion = {fusion: Coverage(CoverageConfig(fusion=fusion)).select(scores, tokens, 10, Context(g)).tolist()
+                 for fusion in ("product", "sum")}
+    assert by_fusion == {fusion: reference(scores, z, 10, fusion) for fusion in ("product", "sum")}
+    assert by_fusion["product"] != by_fusion["sum"]
