@@ -24,6 +24,7 @@ def test_bench_prints_a_table_and_writes_a_chart_and_json(tmp_path):
     for r in data["rows"]:
         assert r["pruned"]["kept"] == r["oracle"]["kept"] == 4
         assert r["pruned"]["kept_indices"] == r["oracle"]["kept_indices"]
+        assert r["pruned"]["generated"] == r["oracle"]["generated"] and len(r["oracle"]["generated"]) == 3
         assert r["pruned"]["overhead"]["seconds"] > 0 and r["oracle"]["overhead"] is None
         # the language model sees 4 of 16 visual tokens: fewer prefill FLOPs than unpruned
         assert r["pruned"]["prefill"]["gflop"] < data["unpruned"]["prefill"]["gflop"]
@@ -42,6 +43,13 @@ def test_oracle_and_pruned_generate_the_same_tokens():
     report = run_bench(shapes, ["zoo"], [5], new_tokens=3)
     pruned, oracle = report.rows[0]
     assert pruned.kept_indices == oracle.kept_indices and len(pruned.kept_indices) == 5
+    # each row's own generate: the oracle's model.generate on the kept tokens and the pruned pipeline's generate
+    assert pruned.generated == oracle.generated and len(oracle.generated) == 3
+    # and the comparison can fail: a model given other tokens than the kept ones answers differently
+    model, inputs = build_model(shapes), build_inputs(shapes)
+    with torch.no_grad():
+        unpruned = model.generate(**inputs, max_new_tokens=3, min_new_tokens=3, do_sample=False)
+    assert report.unpruned.generated == unpruned[0, -3:].tolist() != oracle.generated
     assert report.unpruned.kept == shapes.num_visual == 16
     assert report.unpruned.prefill.gflop > pruned.prefill.gflop > 0
     assert pruned.overhead.gflop > 0  # the ZO scorer's projector products are counted
@@ -64,6 +72,7 @@ def test_bfloat16_model():
     pruned, oracle = report.rows[0]
     assert report.to_dict()["dtype"] == "bfloat16"
     assert pruned.kept_indices == oracle.kept_indices and len(pruned.kept_indices) == 5
+    assert pruned.generated == oracle.generated and len(oracle.generated) == 2
 
 
 def test_extrapolation_adds_the_missing_layers_by_flops():

@@ -115,7 +115,12 @@ def test_budget_tokens(budget, n, expected):
 
 
 def test_configs_are_immutable():
+    from pydantic import ValidationError
+
     config = PipelineConfig()
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="seed\n.*Instance is frozen"):
         config.seed = 3  # frozen: a pruned model's config cannot drift from what it was built with
+    with pytest.raises(ValidationError, match="keep\n.*Instance is frozen"):
+        config.budget.keep = 3  # nested parts too
+    assert config.seed == 0 and config.budget.keep == 64
     assert zoprune.PipelineConfig(seed=3).seed == 3

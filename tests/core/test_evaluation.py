@@ -10,6 +10,7 @@ from zoprune.evaluation import Example, load_jsonl, normalize, score, wilson_int
 
 def test_normalize():
     assert normalize("  Red. ") == "red"
+    assert normalize("Two   circles!") == "two circles"  # whitespace collapsed to one space
     assert normalize("Two circles!") == normalize("two   circles")
     assert normalize("yes") != normalize("yes no")
 
@@ -30,6 +31,9 @@ def test_score_counts_exact_matches_by_kind():
     assert (result.correct, result.total) == (2, 3)
     assert result.by_kind == {"colour": 1.0, "count": 0.5}
     assert result.kept_tokens == 8 and result.total_tokens == 16
+    assert (result.method, result.budget) == ("m", 8) and result.accuracy == pytest.approx(2 / 3)
+    (one,) = [score("m", 4, examples[:1], ["red"], [3], [16])]  # one question: no division by anything else
+    assert (one.accuracy, one.kept_tokens, one.total_tokens) == (1.0, 3.0, 16.0)
 
 
 def test_jsonl_errors_name_the_line(tmp_path):

@@ -61,16 +61,18 @@ def test_chat_template_matches_training_prompt(loaded):
     assert tuple(inputs["pixel_values"].shape) == (1, 3, 96, 96)
 
 
-def test_generate_answers_a_generated_example(loaded):
+@pytest.mark.parametrize("seed", [1, 2])  # a blue cross and a purple square
+def test_generate_answers_a_generated_example(loaded, seed):
     model, processor = loaded
-    ex = make_example(np.random.default_rng(1), kind="shape")
+    ex = make_example(np.random.default_rng(seed), kind="shape")
     inputs = processor(images=[ex.image], text=[shapes_model.prompt(ex.question)], return_tensors="pt")
     with torch.no_grad():
         out = model.generate(**inputs, max_new_tokens=3, do_sample=False)
     new = out[0, inputs["input_ids"].shape[1]:]
-    assert new[-1].item() == shapes_model.EOS_ID or len(new) == 3
+    assert new[-1].item() == shapes_model.EOS_ID and len(new) == 2  # one answer word, then end of sequence
     word = normalize_answer(processor.decode(new, skip_special_tokens=True))
     assert word in vocabulary()
+    assert word == normalize_answer(ex.answer)  # the right one: the shape in the picture
 
 
 @pytest.fixture(scope="module")

@@ -138,6 +138,7 @@ class Row:
     decode_per_token: float
     generate: Timing
     kept_indices: list[int] | None = None
+    generated: list[int] | None = None  # the new token ids of the first prompt in the first timed generate
 
 
 @dataclass
@@ -298,13 +299,15 @@ def run_bench(shapes: Shapes, methods: list[str], budgets: list[int], new_tokens
         say(f"{label}: prefill")
         prefill = measure(lambda: model(**forward_inputs(), logits_to_keep=1), repeats, device)
         say(f"{label}: generate")
-        full = measure(lambda: generate(**gen), repeats, device, flops=False)
+        outputs = []  # the generated sequences, so rows can be compared token by token (oracle against pruned)
+        full = measure(lambda: outputs.append(generate(**gen)), repeats, device, flops=False)
         # decoding is the same computation with or without the pruning in front: time it on the model's own
         # generate over the (pruned) inputs, so the scoring time's noise does not enter the per-token figure
         long = measure(lambda: model.generate(**forward_inputs(), **gen), repeats, device, flops=False)
         first = measure(lambda: model.generate(**forward_inputs(), **one), repeats, device, flops=False)
         decode = max(0.0, (long.seconds - first.seconds) / max(1, new_tokens - 1))
-        return Row(label, budget, kept, overhead, prefill, decode, full, indices)
+        return Row(label, budget, kept, overhead, prefill, decode, full, indices,
+                   outputs[0][0, -new_tokens:].tolist())
 
     with torch.no_grad():
         model(**inputs, logits_to_keep=1)  # warm-up: allocations, kernels

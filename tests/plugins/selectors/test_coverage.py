@@ -86,3 +86,13 @@ def test_identical_tokens_keep_an_even_spread():
         assert torch.equal(coverage_select(scores, z, 4), evenly_spaced(64, 4))
     assert torch.equal(divprune_select(z, 4), evenly_spaced(64, 4))
     assert evenly_spaced(64, 4).tolist() == [8, 24, 40, 56]
+
+
+def test_the_selector_passes_its_fusion_on():
+    g = torch.Generator().manual_seed(3)
+    z, scores = torch.randn(40, 8, generator=g), torch.rand(40, generator=g)
+    tokens = ImageTokens(features=z, embeddings=z, model_embeddings=z, projector=lambda x: x, sample=0, image=0)
+    by_fusion = {fusion: Coverage(CoverageConfig(fusion=fusion)).select(scores, tokens, 10, Context(g)).tolist()
+                 for fusion in ("product", "sum")}
+    assert by_fusion == {fusion: reference(scores, z, 10, fusion) for fusion in ("product", "sum")}
+    assert by_fusion["product"] != by_fusion["sum"]

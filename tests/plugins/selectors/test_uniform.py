@@ -27,15 +27,19 @@ def test_square_budgets_give_a_regular_lattice(k, stride, offset):
     assert torch.equal(torch.bincount(rows)[expected], torch.full((side,), side))  # every row of the lattice full
 
 
-@pytest.mark.parametrize("grid", [(24, 24), (6, 10), (1, 7), (9, 2)])
-@pytest.mark.parametrize("k", [1, 2, 5, 13, 17])
+# every budget a selector can be given (1 <= k <= n: the pipeline keeps all tokens itself otherwise), n included
+GRID_BUDGETS = [(grid, k) for grid in [(24, 24), (6, 10), (1, 7), (9, 2)]
+                for k in sorted({1, 2, 5, 13, 17, grid[0] * grid[1]}) if k <= grid[0] * grid[1]]
+
+
+@pytest.mark.parametrize("grid, k", GRID_BUDGETS)
 def test_any_budget_gives_k_distinct_sorted(grid, k):
     n = grid[0] * grid[1]
-    if k > n:
-        return
     kept = grid_select(grid, k)
     assert kept.dtype == torch.long and kept.numel() == k and len(set(kept.tolist())) == k
     assert torch.equal(kept, kept.sort().values) and int(kept.max()) < n
+    if k == n:
+        assert torch.equal(kept, torch.arange(n))
 
 
 def test_lattice_follows_the_aspect_ratio():
