@@ -1,0 +1,161 @@
+"""Tiny randomly initialised models of the families the generic adapter covers, and hand-built inputs for them.
+
+Every model is its family's default config shrunk (1-2 layers, widths 32-48, 32 px images of 4 px patches), so the
+family's own code runs at toy size. Inputs are laid out as the processors lay them out (one run of placeholders per
+image, or per tile, in batch order, the family's text tokens around them, left padded) but built from token ids:
+placeholder counts come from the model's own ``get_image_features``, never from the adapter under test.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import transformers
+from transformers import CONFIG_MAPPING
+from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
+IMAGE_TOKEN_ID = 3
+AROUND_IDS = (4, 5)  # begin / end of an image (Gemma 3) or of a tile (Idefics3's fake token around image)
+BREAK_ID = 6  # Mistral3's [IMG_BREAK] after each row, [IMG_END] (7) after the last
+END_ID = 7
+TEXT_IDS = range(8, 60)
+
+VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32,
+              patch_size=4)
+TEXT = dict(vocab_size=64, hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=12, max_position_embeddings=512, pad_token_id=PAD_ID,
+            bos_token_id=BOS_ID, eos_token_id=EOS_ID)
+
+
+@dataclass(frozen=True)
+class Family:
+    """How to build one family's tiny model and lay out its inputs."""
+
+    model_type: str
+    top: dict = field(default_factory=dict)  # config fields of the composite config
+    vision: dict = field(default_factory=dict)  # overrides of VISION
+    text: dict = field(default_factory=dict)  # overrides of TEXT
+    tiles: bool = False  # pixel_values (B, tiles, 3, H, W) with a pixel_attention_mask (Idefics3, SmolVLM)
+    sizes: bool = False  # images of several sizes with image_sizes (Mistral3's Pixtral tower)
+    token_types: str | None = None  # "image": 1 at the image's placeholders (Gemma 3); "prefix": all 0 (PaliGemma)
+    around: bool = False  # begin/end tokens around each image's (or tile's) placeholders
+    breaks: bool = False  # a break token after each row of placeholders, an end token after the last
+
+    @property
+    def class_name(self) -> str:
+        return MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES[self.model_type]
+
+
+FAMILIES: dict[str, Family] = {
+    "vipllava": Family("vipllava", top=dict(vision_feature_layers=[-2, -1], projector_hidden_act="gelu")),
+    "aya_vision": Family("aya_vision", top=dict(alignment_intermediate_size=64, downsample_factor=2)),
+    "mistral3": Family("mistral3", top=dict(spatial_merge_size=2, vision_feature_layer=-1),
+                       vision=dict(head_dim=8, num_channels=3), sizes=True, breaks=True),
+    "paligemma": Family("paligemma", vision=dict(projection_dim=48), token_types="prefix"),
+    "gemma3": Family("gemma3", top=dict(mm_tokens_per_image=16, boi_token_index=AROUND_IDS[0],
+                                        eoi_token_index=AROUND_IDS[1]), token_types="image", around=True),
+    "internvl": Family("internvl", top=dict(downsample_ratio=0.5, vision_feature_layer=-1),
+                       vision=dict(image_size=[32, 32], patch_size=[4, 4])),
+    "idefics3": Family("idefics3", top=dict(scale_factor=2), tiles=True, around=True),
+    "smolvlm": Family("smolvlm", top=dict(scale_factor=2), tiles=True, around=True),
+    "cohere2_vision": Family("cohere2_vision", top=dict(alignment_intermediate_size=64, downsample_factor=2)),
+}
+
+
+def tiny_model(name: str, seed: int = 0, dtype: torch.dtype = torch.float32,
+               attn_implementation: str = "eager") -> torch.nn.Module:
+    """The family's default config at toy size, randomly initialised."""
+    family = FAMILIES[name]
+    config = CONFIG_MAPPING[family.model_type](**family.top)
+    for sub, sizes in ((config.vision_config, {**VISION, **family.vision}),
+                       (getattr(config, "text_config", None), {**TEXT, **family.text})):
+        for key, value in sizes.items():
+            if hasattr(sub, key):
+                setattr(sub, key, value)
+    for key in ("image_token_id", "image_token_index"):
+        if hasattr(config, key):
+            setattr(config, key, IMAGE_TOKEN_ID)
+    config._attn_implementation = attn_implementation
+    for sub in (config.vision_config, getattr(config, "text_config", None)):
+        if sub is not None:
+            sub._attn_implementation = attn_implementation
+    torch.manual_seed(seed)
+    model = getattr(transformers, family.class_name)(config).eval().to(dtype)
+    model.generation_config.pad_token_id = PAD_ID
+    model.generation_config.eos_token_id = None  # random weights: never stop early, so lengths are predictable
+    return model
+
+
+def batch(model: torch.nn.Module, name: str, prompts: list[list[int]], images: list[int],
+          seed: int = 0) -> dict[str, torch.Tensor]:
+    """Left-padded inputs: prompt b is ``[BOS] + images[b] images + prompts[b]``, each image laid out as the family's
+    processor lays it out. With ``tiles``, an image is two tiles (Idefics3's crops) and a prompt's tiles share one
+    row of ``pixel_values``; with ``sizes`` the images alternate between 32x32 and 32x16 px."""
+    family = FAMILIES[name]
+    g = torch.Generator().manual_seed(seed)
+    side = 32
+    total = sum(images)
+    out: dict[str, torch.Tensor] = {}
+    if total:
+        if family.tiles:
+            tiles = 2 * max(images)
+            pixels = torch.zeros(len(images), tiles, 3, side, side)
+            mask = torch.zeros(len(images), tiles, side, side, dtype=torch.long)
+            for b, count in enumerate(images):
+                pixels[b, :2 * count] = torch.randn(2 * count, 3, side, side, generator=g)
+                mask[b, :2 * count] = 1
+            out["pixel_values"], out["pixel_attention_mask"] = pixels, mask
+        elif family.sizes:
+            hw = [(side, side) if i % 2 == 0 else (side, side // 2) for i in range(total)]
+            pixels = torch.zeros(total, 3, side, side)  # the processor pads to the largest size
+            for i, (h, w) in enumerate(hw):
+                pixels[i, :, :h, :w] = torch.randn(3, h, w, generator=g)
+            out["pixel_values"], out["image_sizes"] = pixels, torch.tensor(hw)
+        else:
+            out["pixel_values"] = torch.randn(total, 3, side, side, generator=g)
+        out["pixel_values"] = out["pixel_values"].to(model.dtype)
+    runs = _runs(model, family, out, images) if total else []
+    rows, types, index = [], [], 0
+    for text, count in zip(prompts, images):
+        row = [BOS_ID]
+        for _ in range(count if not family.tiles else 1):
+            row += runs[index]
+            index += 1
+        rows.append(row + list(text))
+        types.append([int(family.token_types == "image" and t == IMAGE_TOKEN_ID) for t in rows[-1]])
+    width = max(len(r) for r in rows)
+    out["input_ids"] = torch.tensor([[PAD_ID] * (width - len(r)) + r for r in rows])
+    out["attention_mask"] = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    if family.token_types:
+        out["token_type_ids"] = torch.tensor([[0] * (width - len(t)) + t for t in types])
+    return out
+
+
+def _runs(model: torch.nn.Module, family: Family, pixels: dict, images: list[int]) -> list[list[int]]:
+    """Each image's (or, with tiles, each prompt's) token run, placeholder counts from the model's own code."""
+    with torch.no_grad():
+        pooled = model.model.get_image_features(**pixels).pooler_output
+    entries = list(pooled) if isinstance(pooled, (list, tuple)) or pooled.dim() == 3 else [pooled]
+    lengths = [e.reshape(-1, e.shape[-1]).shape[0] for e in entries]
+    runs = []
+    for i, length in enumerate(lengths):
+        if family.breaks:  # rows of the merged grid: 32 px / (4 px * 2) = 4 tokens per row
+            row = 4 if pixels["image_sizes"][i, 1] == 32 else 2
+            run = []
+            for r in range(length // row):
+                run += [IMAGE_TOKEN_ID] * row + [BREAK_ID if r < length // row - 1 else END_ID]
+        elif family.tiles:  # a prompt's tiles, each between fake tokens, as the processor writes them
+            tile = length // (2 * images[i])
+            run = [AROUND_IDS[0], 9, *([IMAGE_TOKEN_ID] * tile)] * (length // tile) + [AROUND_IDS[0]]
+        elif family.around:
+            run = [AROUND_IDS[0], *([IMAGE_TOKEN_ID] * length), AROUND_IDS[1]]
+        else:
+            run = [IMAGE_TOKEN_ID] * length
+        runs.append(run)
+    return runs
+
+
+BUILDERS: dict[str, Callable] = {name: (lambda name=name, **kw: tiny_model(name, **kw)) for name in FAMILIES}
