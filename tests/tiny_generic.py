@@ -9,8 +9,6 @@ placeholder counts come from the model's own ``get_image_features``, never from 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
-
 import torch
 import transformers
 from transformers import CONFIG_MAPPING
@@ -62,6 +60,11 @@ FAMILIES: dict[str, Family] = {
     "idefics3": Family("idefics3", top=dict(scale_factor=2), tiles=True, around=True),
     "smolvlm": Family("smolvlm", top=dict(scale_factor=2), tiles=True, around=True),
     "cohere2_vision": Family("cohere2_vision", top=dict(alignment_intermediate_size=64, downsample_factor=2)),
+    "video_llava": Family("video_llava"),
+    "lighton_ocr": Family("lighton_ocr", top=dict(spatial_merge_size=2, vision_feature_layer=-1),
+                          vision=dict(head_dim=8, num_channels=3), sizes=True, breaks=True),
+    "qianfan_ocr": Family("qianfan_ocr", top=dict(downsample_ratio=0.5, vision_feature_layer=-1),
+                          vision=dict(image_size=[32, 32], patch_size=[4, 4])),
 }
 
 
@@ -147,6 +150,8 @@ def _runs(model: torch.nn.Module, family: Family, pixels: dict, images: list[int
             run = []
             for r in range(length // row):
                 run += [IMAGE_TOKEN_ID] * row + [BREAK_ID if r < length // row - 1 else END_ID]
+        elif family.tiles and not length:  # a prompt without images
+            run = []
         elif family.tiles:  # a prompt's tiles, each between fake tokens, as the processor writes them
             tile = length // (2 * images[i])
             run = [AROUND_IDS[0], 9, *([IMAGE_TOKEN_ID] * tile)] * (length // tile) + [AROUND_IDS[0]]
@@ -157,5 +162,3 @@ def _runs(model: torch.nn.Module, family: Family, pixels: dict, images: list[int
         runs.append(run)
     return runs
 
-
-BUILDERS: dict[str, Callable] = {name: (lambda name=name, **kw: tiny_model(name, **kw)) for name in FAMILIES}

@@ -145,7 +145,9 @@ class GenericAdapter(ModelAdapter):
     model_classes = ("VipLlavaForConditionalGeneration", "AyaVisionForConditionalGeneration",
                      "Mistral3ForConditionalGeneration", "PaliGemmaForConditionalGeneration",
                      "InternVLForConditionalGeneration", "Idefics3ForConditionalGeneration",
-                     "SmolVLMForConditionalGeneration", "Cohere2VisionForConditionalGeneration")
+                     "SmolVLMForConditionalGeneration", "Cohere2VisionForConditionalGeneration",
+                     "VideoLlavaForConditionalGeneration", "LightOnOcrForConditionalGeneration",
+                     "QianfanOCRForConditionalGeneration")
     places_merged = True
     model_classes_only = False
 
@@ -217,7 +219,8 @@ class GenericAdapter(ModelAdapter):
         if len(seen) != 1:
             raise UnsupportedModelError(f"{type(self.model).__name__}: its projector ran {len(seen)} times for one "
                                         f"call of get_image_features; it needs its own adapter")
-        return seen[0], [e.reshape(-1, e.shape[-1]) for e in embeddings]
+        # a prompt without images has an empty entry in the families that return one entry per prompt
+        return seen[0], [e.reshape(-1, e.shape[-1]) for e in embeddings if e.numel()]
 
     def extract(self, inputs: dict[str, Any], projector: Callable[[torch.Tensor], torch.Tensor],
                 dtype: torch.dtype, extras: frozenset[str] = frozenset()) -> list[ImageTokens]:
