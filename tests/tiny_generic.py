@@ -162,3 +162,24 @@ def _runs(model: torch.nn.Module, family: Family, pixels: dict, images: list[int
         runs.append(run)
     return runs
 
+
+
+def tiny_llava_next_video(seed: int = 0, dtype: torch.dtype = torch.float32,
+                          attn_implementation: str = "eager") -> torch.nn.Module:
+    """LLaVA-NeXT-Video at the size of ``tiny_families.tiny_llava_next`` (its images are LLaVA-NeXT's; lay out
+    inputs with ``tiny_families.llava_next_batch``)."""
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaNextVideoConfig, LlavaNextVideoForConditionalGeneration
+
+    torch.manual_seed(seed)
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                              image_size=16, patch_size=4, projection_dim=32)
+    text = LlamaConfig(**{key: value for key, value in TEXT.items() if key != "head_dim"})
+    config = LlavaNextVideoConfig(vision_config=vision, text_config=text, image_token_index=IMAGE_TOKEN_ID,
+                                  video_token_index=AROUND_IDS[0], vision_feature_layer=-2,
+                                  vision_feature_select_strategy="default",
+                                  image_grid_pinpoints=[[16, 32], [32, 16], [32, 32]], projector_hidden_act="gelu")
+    config._attn_implementation = attn_implementation
+    model = LlavaNextVideoForConditionalGeneration(config).eval().to(dtype)
+    model.generation_config.pad_token_id = PAD_ID
+    model.generation_config.eos_token_id = None
+    return model

@@ -231,6 +231,15 @@ def append_merged(per_input: list[tuple[VisualInput, torch.Tensor]], outputs: di
     return placed, {**outputs, "image": BaseModelOutputWithPooling(pooler_output=embeddings)}
 
 
+class LlavaNextVideoAdapter(LlavaNextAdapter):
+    """LLaVA-NeXT-Video: LLaVA-NeXT's images (pruned as above); videos (``pixel_values_videos``) go to the model
+    unpruned, which computes their features itself."""
+
+    name = "llava_next_video"
+    model_classes = ("LlavaNextVideoForConditionalGeneration",)
+
+
 @hookimpl
 def register_adapters(register):
     register(LlavaNextAdapter)
+    register(LlavaNextVideoAdapter)

@@ -128,3 +128,22 @@ def test_a_model_of_another_shape_gets_an_error_naming_what_it_lacks():
     model.model.forward = lambda input_ids, pixel_values=None, mm_encoder_outputs=None: input_ids
     with pytest.raises(UnsupportedModelError, match="no projector module"):
         zoprune.prune(model, adapter="generic")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bf16"])
+def test_llava_next_video_images_keep_all_is_exact_and_prune(dtype):
+    from tiny_families import llava_next_batch
+    from tiny_generic import tiny_llava_next_video
+
+    model = tiny_llava_next_video(dtype=dtype)
+    inputs = llava_next_batch(model, [[8, 9, 10], [11]], [[(30, 20), (16, 16)], [(20, 30)]])
+    pruned = zoprune.prune(model, budget=10_000)
+    assert pruned.adapter.name == "llava_next_video"
+    with torch.no_grad():
+        expected = model(**inputs).logits
+    assert torch.equal(pruned(**inputs).logits, expected)
+    assert torch.equal(pruned.generate(**inputs, **GREEDY), model.generate(**inputs, **GREEDY))
+    small = zoprune.prune(model, budget=5)
+    output = small.generate(**inputs, **GREEDY)
+    assert torch.equal(output[:, :inputs["input_ids"].shape[1]], inputs["input_ids"])
+    assert [s.num_kept for s in small.last_selection] == [5, 5, 5]
