@@ -215,7 +215,9 @@ class GenericAdapter(ModelAdapter):
         with _recording(module, step) as seen:
             outputs = self._inner.get_image_features(**kwargs, return_dict=True)
         pooled = outputs.pooler_output
-        embeddings = list(pooled) if isinstance(pooled, (list, tuple)) or pooled.dim() == 3 else [pooled]
+        # the forward reads mm_encoder_outputs in the form get_image_features returns: a list, or one tensor
+        self._pooled_as_list = isinstance(pooled, (list, tuple))
+        embeddings = list(pooled) if self._pooled_as_list or pooled.dim() == 3 else [pooled]
         if len(seen) != 1:
             raise UnsupportedModelError(f"{type(self.model).__name__}: its projector ran {len(seen)} times for one "
                                         f"call of get_image_features; it needs its own adapter")
@@ -282,18 +284,12 @@ class GenericAdapter(ModelAdapter):
         return pruned
 
     def encoder_outputs(self, outputs: dict[str, BaseModelOutputWithPooling]) -> dict[str, BaseModelOutputWithPooling]:
-        """The kept embeddings in the form the model's forward reads: a list per input, or, for the families whose
-        forward takes one tensor, all of them as one (1, K, d_l) (the model scatters them in order either way)."""
-        if self._takes_list:
+        """The kept embeddings in the form the model's forward reads (the form ``get_image_features`` returned): a
+        list per input, or all of them as one (1, K, d_l) tensor (the model scatters them in order either way)."""
+        if getattr(self, "_pooled_as_list", True):
             return outputs
         return {kind: BaseModelOutputWithPooling(pooler_output=torch.cat(list(out.pooler_output))[None])
                 for kind, out in outputs.items()}
-
-    @property
-    def _takes_list(self) -> bool:
-        source = inspect.getsource(type(self._inner).forward)
-        return "torch.cat(mm_encoder_outputs" in source or "torch.cat(image_" in source or \
-            "isinstance(image_hidden_states, (list, tuple))" in source
 
 
 class Gemma3Adapter(GenericAdapter):
