@@ -183,3 +183,73 @@ def tiny_llava_next_video(seed: int = 0, dtype: torch.dtype = torch.float32,
     model.generation_config.pad_token_id = PAD_ID
     model.generation_config.eos_token_id = None
     return model
+
+
+def tiny_qwen3_vl(seed: int = 0, dtype: torch.dtype = torch.float32, attn_implementation: str = "eager",
+                  moe: bool = False, family: str = "qwen3_vl") -> torch.nn.Module:
+    """A 2-block Qwen3-VL tower (2 px patches, 2x2 merge, deepstack from block 0) + a 2-layer language model (MoE:
+    4 experts, 2 per token); ``family="qwen3_5"``: Qwen3.5's (no deepstack; a linear-attention layer then a full
+    one). Lay out inputs with :func:`qwen3_batch`."""
+    from tiny_families import IMAGE_TOKEN_ID as QWEN_IMAGE, VIDEO_TOKEN_ID, VISION_END_ID, VISION_START_ID
+
+    vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=4, out_hidden_size=48, patch_size=2,
+                  spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=16,
+                  deepstack_visual_indexes=[0])
+    text = {**TEXT, "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 2, 2],
+                                        "mrope_interleaved": True}}
+    ids = dict(image_token_id=QWEN_IMAGE, video_token_id=VIDEO_TOKEN_ID, vision_start_token_id=VISION_START_ID,
+               vision_end_token_id=VISION_END_ID)
+    if moe:
+        text.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, decoder_sparse_step=1,
+                    shared_expert_intermediate_size=32)
+    if family == "qwen3_5":
+        vision.pop("deepstack_visual_indexes")
+        text.update(head_dim=24, partial_rotary_factor=0.5, layer_types=["linear_attention", "full_attention"],
+                    linear_key_head_dim=8, linear_value_head_dim=8, linear_num_key_heads=2, linear_num_value_heads=4)
+        text["rope_parameters"] = {**text["rope_parameters"], "partial_rotary_factor": 0.5}
+    names = {("qwen3_vl", False): "Qwen3VL", ("qwen3_vl", True): "Qwen3VLMoe", ("qwen3_5", False): "Qwen3_5",
+             ("qwen3_5", True): "Qwen3_5Moe"}[(family, moe)]
+    Config = getattr(transformers, f"{names}Config")
+    Model = getattr(transformers, f"{names}ForConditionalGeneration")
+    torch.manual_seed(seed)
+    config = Config(vision_config=vision, text_config=text, **ids)
+    config._attn_implementation = attn_implementation
+    model = Model(config).eval().to(dtype)
+    model.generation_config.pad_token_id = PAD_ID
+    model.generation_config.eos_token_id = None
+    return model
+
+
+def qwen3_batch(model: torch.nn.Module, prompts: list[list[int]],
+                visuals: list[list[tuple[str, tuple[int, int, int]]]], seed: int = 0) -> dict[str, torch.Tensor]:
+    """Qwen3-VL inputs as ``tiny_families.qwen_batch`` lays them out, except that a video is one run per temporal
+    slice, each after a timestamp token (Qwen3-VL's processor writes ``<t> <vision_start> frame <vision_end>``)."""
+    from tiny_families import qwen_batch
+
+    out = qwen_batch(model, prompts, [[item for item in items if item[0] == "image"] for items in visuals], seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    vision = model.config.vision_config
+    patch_dim = vision.in_channels * vision.temporal_patch_size * vision.patch_size ** 2
+    ids, types, masks, grids = [], [], [], []
+    for b, items in enumerate(visuals):
+        row = out["input_ids"][b][out["attention_mask"][b].bool()].tolist()
+        kinds = out["mm_token_type_ids"][b][out["attention_mask"][b].bool()].tolist()
+        text = len(prompts[b])
+        for kind, (t, h, w) in (item for item in items if item[0] == "video"):
+            frame = [TEXT_IDS[-1], model.config.vision_start_token_id] + \
+                [model.config.video_token_id] * (h * w // 4) + [model.config.vision_end_token_id]
+            cut = len(row) - text
+            row = row[:cut] + frame * t + row[cut:]
+            kinds = kinds[:cut] + ([0, 0] + [2] * (h * w // 4) + [0]) * t + kinds[cut:]
+            grids.append([t, h, w])
+        ids.append(row)
+        types.append(kinds)
+    width = max(len(r) for r in ids)
+    out["input_ids"] = torch.tensor([[PAD_ID] * (width - len(r)) + r for r in ids])
+    out["attention_mask"] = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in ids])
+    out["mm_token_type_ids"] = torch.tensor([[0] * (width - len(t)) + t for t in types])
+    if grids:
+        thw = torch.tensor(grids)
+        out["pixel_values_videos"] = torch.randn(int(thw.prod(-1).sum()), patch_dim, generator=g).to(model.dtype)
+        out["video_grid_thw"] = thw
+    return out
