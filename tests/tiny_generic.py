@@ -253,3 +253,24 @@ def qwen3_batch(model: torch.nn.Module, prompts: list[list[int]],
         out["pixel_values_videos"] = torch.randn(int(thw.prod(-1).sum()), patch_dim, generator=g).to(model.dtype)
         out["video_grid_thw"] = thw
     return out
+
+
+def tiny_llava_onevision(seed: int = 0, dtype: torch.dtype = torch.float32,
+                         attn_implementation: str = "eager") -> torch.nn.Module:
+    """LLaVA-OneVision at the size of ``tiny_families.tiny_llava_next`` (a SigLIP tower, a Qwen2 language model);
+    lay out inputs with ``tiny_families.llava_next_batch``."""
+    from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, Qwen2Config, SiglipVisionConfig
+
+    torch.manual_seed(seed)
+    vision = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                image_size=16, patch_size=4)
+    text = Qwen2Config(**{key: value for key, value in TEXT.items() if key != "head_dim"})
+    config = LlavaOnevisionConfig(vision_config=vision, text_config=text, image_token_index=IMAGE_TOKEN_ID,
+                                  video_token_index=AROUND_IDS[0], vision_feature_layer=-1,
+                                  vision_feature_select_strategy="full",
+                                  image_grid_pinpoints=[[16, 32], [32, 16], [32, 32]])
+    config._attn_implementation = attn_implementation
+    model = LlavaOnevisionForConditionalGeneration(config).eval().to(dtype)
+    model.generation_config.pad_token_id = PAD_ID
+    model.generation_config.eos_token_id = None
+    return model

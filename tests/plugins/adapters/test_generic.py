@@ -147,3 +147,52 @@ def test_llava_next_video_images_keep_all_is_exact_and_prune(dtype):
     output = small.generate(**inputs, **GREEDY)
     assert torch.equal(output[:, :inputs["input_ids"].shape[1]], inputs["input_ids"])
     assert [s.num_kept for s in small.last_selection] == [5, 5, 5]
+
+
+@pytest.mark.parametrize("policy", ["global", "per_tile"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bf16"])
+def test_llava_onevision_keep_all_is_exact_and_prunes(dtype, policy):
+    from tiny_families import llava_next_batch
+    from tiny_generic import tiny_llava_onevision
+
+    model = tiny_llava_onevision(dtype=dtype)
+    inputs = llava_next_batch(model, [[8, 9, 10], [11], [12]], [[(30, 20)], [(16, 16)], [(20, 30)]])
+    adapter = {"name": "llava_onevision", "budget_policy": policy}
+    pruned = zoprune.prune(model, budget=10_000, adapter=adapter)
+    with torch.no_grad():
+        expected = model(**inputs).logits
+    assert torch.equal(pruned(**inputs).logits, expected)
+    assert torch.equal(pruned.generate(**inputs, **GREEDY), model.generate(**inputs, **GREEDY))
+    small = zoprune.prune(model, budget=5, adapter=adapter)
+    output = small.generate(**inputs, **GREEDY)
+    assert torch.equal(output[:, :inputs["input_ids"].shape[1]], inputs["input_ids"])
+    per_image: dict = {}
+    for s in small.last_selection:
+        per_image[(s.sample, s.image)] = per_image.get((s.sample, s.image), 0) + s.num_kept
+    assert per_image == {(0, 0): 5, (1, 0): 5, (2, 0): 5}
+
+
+def test_llava_onevision_refuses_what_it_cannot_prune_exactly():
+    """An image whose grid the model shrinks by interpolation, and prompts with several images (reduced to their
+    base view by the model), are errors that say so."""
+    from tiny_families import llava_next_batch
+    from tiny_generic import tiny_llava_onevision
+
+    model = tiny_llava_onevision()
+    inputs = llava_next_batch(model, [[8]], [[(30, 20)]])
+    model.config.vision_aspect_ratio = "anyres_max_1"  # this 2x2-crop image exceeds a 1-view grid: interpolated
+    with pytest.raises(UnsupportedModelError, match="interpolation"):
+        zoprune.prune(model, budget=5).select(**inputs)
+    model.config.vision_aspect_ratio = "anyres_max_9"
+    with pytest.raises(UnsupportedModelError, match="several images"):
+        zoprune.prune(model, budget=5).select(**inputs, batch_num_images=torch.tensor([2]))
+
+
+def test_llava_onevision_refuses_pruning_inside_the_language_model_by_name():
+    from tiny_families import llava_next_batch
+    from tiny_generic import tiny_llava_onevision
+
+    model = tiny_llava_onevision()
+    inputs = llava_next_batch(model, [[8]], [[(30, 20)]])
+    with pytest.raises(UnsupportedModelError, match="llava_onevision.*cannot prune inside the language model"):
+        zoprune.prune(model, budget=3, scorer=None, selector={"name": "fastv", "layer": 1})(**inputs)
