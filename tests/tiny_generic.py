@@ -274,3 +274,29 @@ def tiny_llava_onevision(seed: int = 0, dtype: torch.dtype = torch.float32,
     model.generation_config.pad_token_id = PAD_ID
     model.generation_config.eos_token_id = None
     return model
+
+
+def tiny_glm4v(seed: int = 0, dtype: torch.dtype = torch.float32, attn_implementation: str = "eager",
+               moe: bool = False) -> torch.nn.Module:
+    """A 2-block GLM-4V tower (2 px patches, 2x2 merge by a strided convolution) + a 2-layer language model (MoE:
+    4 experts, 2 per token). Lay out inputs with :func:`qwen3_batch` (images), its ids are Qwen's."""
+    from tiny_families import IMAGE_TOKEN_ID as QWEN_IMAGE, VIDEO_TOKEN_ID, VISION_END_ID, VISION_START_ID
+
+    vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=4, out_hidden_size=48, patch_size=2,
+                  spatial_merge_size=2, temporal_patch_size=2, image_size=16)
+    text = {**TEXT, "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 1, 1],
+                                        "partial_rotary_factor": 0.5}}  # rotary half 3
+    if moe:
+        text.update(n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, n_shared_experts=1,
+                    first_k_dense_replace=0, n_group=1, topk_group=1)
+    ids = dict(image_token_id=QWEN_IMAGE, video_token_id=VIDEO_TOKEN_ID, image_start_token_id=VISION_START_ID,
+               image_end_token_id=VISION_END_ID, video_start_token_id=VISION_START_ID,
+               video_end_token_id=VISION_END_ID)
+    name = "Glm4vMoe" if moe else "Glm4v"
+    torch.manual_seed(seed)
+    config = getattr(transformers, f"{name}Config")(vision_config=vision, text_config=text, **ids)
+    config._attn_implementation = attn_implementation
+    model = getattr(transformers, f"{name}ForConditionalGeneration")(config).eval().to(dtype)
+    model.generation_config.pad_token_id = PAD_ID
+    model.generation_config.eos_token_id = None
+    return model

@@ -34,7 +34,7 @@ placeholders and ``*_grid_thw`` without running the vision tower.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from typing import Any, Callable, ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -82,6 +82,9 @@ class Qwen2VLAdapter(ModelAdapter):
     name = "qwen2_vl"
     Config = QwenVLAdapterConfig
     model_classes = ("Qwen2VLForConditionalGeneration",)
+    #: whether the hook point of ``inside_llm`` reproduces this language model with every token kept; where it does
+    #: not (Qwen3-VL, Qwen3.5, GLM-4V on their tiny models; the cause is not found yet) FastV is refused by name
+    hook_point_exact: ClassVar[bool] = True
 
     def __init__(self, model: torch.nn.Module, config: ComponentConfig | None = None):
         super().__init__(model, config)
@@ -202,6 +205,9 @@ class Qwen2VLAdapter(ModelAdapter):
                    select: Callable[[list[ImageTokens]], list[torch.Tensor]], dtype: torch.dtype) -> Any:
         """FastV's hook point on the Qwen2 language model (see ``llm_pruning.InsideLLM`` and the module
         docstring); ``select`` gets ``extras["llm_attention"]`` and ``extras["llm_attention_text"]`` per entry."""
+        if not self.hook_point_exact:
+            raise UnsupportedModelError(f"adapter {self.name!r} cannot prune inside the language model yet; use a "
+                                        f"selector that prunes before it")
         input_ids = require_input_ids(inputs)
         return inside_language_model(self._inner.language_model, inputs, input_ids, layer,
                                      self.llm_columns(inputs, input_ids), select, dtype)
@@ -277,6 +283,7 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
     """
 
     name = "qwen3_vl"
+    hook_point_exact = False
     model_classes = ("Qwen3VLForConditionalGeneration", "Qwen3VLMoeForConditionalGeneration",
                      "Qwen3_5ForConditionalGeneration", "Qwen3_5MoeForConditionalGeneration")
 
@@ -287,13 +294,6 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
     def _visual_input(self, outputs: Any, i: int, **fields: Any) -> VisualInput:
         layers = getattr(outputs, "deepstack_features", None) or []  # Qwen3.5's tower has none
         return DeepstackInput(**fields, deepstack=[layer[i] for layer in layers])
-
-    def inside_llm(self, inputs: dict[str, Any], layer: int,
-                   select: Callable[[list[ImageTokens]], list[torch.Tensor]], dtype: torch.dtype) -> Any:
-        """Not available yet: Qwen2-VL's hook point, run on this language model with every token kept, does not
-        reproduce its logits (the cause is not found yet), so it is refused rather than approximated."""
-        raise UnsupportedModelError(f"adapter {self.name!r} cannot prune inside the language model yet; use a "
-                                    f"selector that prunes before it")
 
     def encoder_outputs(self, per_input: list[tuple[VisualInput, torch.Tensor]]) -> dict[str, Any]:
         out: dict[str, tuple[list, list]] = {}
@@ -307,8 +307,33 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
                 for kind, (embeds, deepstack) in out.items()}
 
 
+class Glm4vAdapter(Qwen2VLAdapter):
+    """GLM-4.1V / GLM-4.5V (``Glm4vForConditionalGeneration``, ``Glm4vMoeForConditionalGeneration``): Qwen2-VL's
+    layout and 3-D positions, but the tower merges each 2x2 block with a strided convolution (``downsample``) before
+    a per-token merger. A token's features are the merger's input (one row per token, d_l wide) and the projector
+    handed to scorers is the merger itself."""
+
+    name = "glm4v"
+    hook_point_exact = False
+    model_classes = ("Glm4vForConditionalGeneration", "Glm4vMoeForConditionalGeneration")
+
+    def projector(self) -> torch.nn.Module:
+        return self._inner.visual.merger
+
+    def _tower(self, kind: str, pixels: torch.Tensor, grid_thw: torch.Tensor):
+        get = self._inner.get_image_features if kind == "image" else self._inner.get_video_features
+        seen: list[torch.Tensor] = []
+        handle = self._inner.visual.merger.register_forward_pre_hook(lambda _, args: seen.append(args[0]))
+        try:
+            outputs = get(pixels, grid_thw, return_dict=True)
+        finally:
+            handle.remove()
+        return seen[0], list(outputs.pooler_output), outputs  # (M, d): one row per merged token, in raster order
+
+
 @hookimpl
 def register_adapters(register):
     register(Qwen2VLAdapter)
     register(Qwen2_5_VLAdapter)
     register(Qwen3VLAdapter)
+    register(Glm4vAdapter)

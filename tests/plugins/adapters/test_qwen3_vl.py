@@ -1,4 +1,4 @@
-"""The Qwen3-VL adapter (Qwen3-VL, Qwen3.5 and their MoE variants) on tiny random models: exact with every token kept (float32 and bf16,
+"""The Qwen3-VL adapter (Qwen3-VL, Qwen3.5 and their MoE variants) and the GLM-4V adapter on tiny random models: exact with every token kept (float32 and bf16,
 images and a video, left padding), deepstack features pruned with the main features' kept indices, kept tokens at
 their unpruned 3-D positions, pruned generation."""
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import zoprune
-from tiny_generic import qwen3_batch, tiny_qwen3_vl
+from tiny_generic import qwen3_batch, tiny_glm4v, tiny_qwen3_vl
 
 GREEDY = {"max_new_tokens": 4, "do_sample": False}
 PROMPTS = [[7, 8, 9], [10], [11, 12]]
@@ -86,3 +86,23 @@ def test_pruned_generate(model, inputs):
 def test_pruning_inside_the_language_model_is_refused_by_name(model, inputs):
     with pytest.raises(zoprune.UnsupportedModelError, match="qwen3_vl.*cannot prune inside the language model"):
         zoprune.prune(model, budget=3, scorer=None, selector={"name": "fastv", "layer": 1})(**inputs)
+
+
+@pytest.mark.parametrize("moe", [False, True], ids=["dense", "moe"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bf16"])
+def test_glm4v_keep_all_is_exact_and_prunes(moe, dtype):
+    """GLM-4V and GLM-4V-MoE, images: the merger's input as features, the merger as projector."""
+    model = tiny_glm4v(moe=moe, dtype=dtype)
+    inputs = qwen3_batch(model, PROMPTS, [[("image", (1, 4, 6)), ("image", (1, 4, 4))], [("image", (1, 6, 4))], []])
+    pruned = zoprune.prune(model, budget=10_000)
+    assert pruned.adapter.name == "glm4v"
+    with torch.no_grad():
+        expected = model(**inputs).logits
+        assert torch.equal(pruned(**inputs).logits, expected)
+        assert torch.equal(pruned.generate(**inputs, **GREEDY), model.generate(**inputs, **GREEDY))
+        for tokens in pruned._extract(inputs):
+            assert torch.allclose(model.model.visual.merger(tokens.features.to(dtype)), tokens.model_embeddings)
+    small = zoprune.prune(model, budget=3)
+    output = small.generate(**inputs, **GREEDY)
+    assert torch.equal(output[:, :inputs["input_ids"].shape[1]], inputs["input_ids"])
+    assert [s.num_kept for s in small.last_selection] == [3, 3, 3]
