@@ -105,8 +105,9 @@ def _recording(module: torch.nn.Module, step: str | None) -> Iterator[list[torch
     """Records the projector's per-token input while ``get_image_features`` runs: the projector's input (``step``
     None) or the output of its regrouping ``step`` (a submodule or a method)."""
     seen: list[torch.Tensor] = []
-    if step is None:
-        handle = module.register_forward_pre_hook(lambda _, args: seen.append(args[0]))
+    if step is None:  # the first argument, positional or by keyword
+        handle = module.register_forward_pre_hook(
+            lambda _, args, kwargs: seen.append(args[0] if args else next(iter(kwargs.values()))), with_kwargs=True)
     elif step in module._modules:
         handle = module._modules[step].register_forward_hook(lambda _, args, out: seen.append(out))
     else:
