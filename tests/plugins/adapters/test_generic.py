@@ -21,10 +21,11 @@ def family(request):
     return request.param, model, batch(model, request.param, PROMPTS, IMAGES)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bf16"])
+@pytest.mark.parametrize("dtype, attn", [(torch.float32, "eager"), (torch.bfloat16, "eager"), (torch.float32, "sdpa")],
+                         ids=["float32", "bf16", "sdpa"])
 @pytest.mark.parametrize("name", NAMES)
-def test_keep_all_is_exact(name, dtype):
-    model = tiny_model(name, dtype=dtype)
+def test_keep_all_is_exact(name, dtype, attn):
+    model = tiny_model(name, dtype=dtype, attn_implementation=attn)
     inputs = batch(model, name, PROMPTS, IMAGES)
     pruned = zoprune.prune(model, budget=10_000)
     assert pruned.adapter.name == ("gemma3" if name == "gemma3" else "generic")

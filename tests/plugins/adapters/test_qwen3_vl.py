@@ -25,10 +25,11 @@ def inputs(model):
 
 @pytest.mark.parametrize("family", ["qwen3_vl", "qwen3_5"])
 @pytest.mark.parametrize("moe", [False, True], ids=["dense", "moe"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bf16"])
-def test_keep_all_is_exact(family, moe, dtype):
+@pytest.mark.parametrize("dtype, attn", [(torch.float32, "eager"), (torch.bfloat16, "eager"), (torch.float32, "sdpa")],
+                         ids=["float32", "bf16", "sdpa"])
+def test_keep_all_is_exact(family, moe, dtype, attn):
     """Qwen3-VL, Qwen3-VL-MoE, Qwen3.5 (no deepstack, linear attention) and Qwen3.5-MoE."""
-    model = tiny_qwen3_vl(moe=moe, dtype=dtype, family=family)
+    model = tiny_qwen3_vl(moe=moe, dtype=dtype, family=family, attn_implementation=attn)
     inputs = qwen3_batch(model, PROMPTS, VISUALS)
     pruned = zoprune.prune(model, budget=10_000)
     assert pruned.adapter.name == "qwen3_vl"
