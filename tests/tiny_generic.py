@@ -41,6 +41,7 @@ class Family:
     token_types: str | None = None  # "image": 1 at the image's placeholders (Gemma 3); "prefix": all 0 (PaliGemma)
     around: bool = False  # begin/end tokens around each image's (or tile's) placeholders
     breaks: bool = False  # a break token after each row of placeholders, an end token after the last
+    naflex: bool = False  # pixel_values as (images, patches, 3*p*p) with spatial_shapes and a patch mask (LFM2-VL)
 
     @property
     def class_name(self) -> str:
@@ -63,6 +64,10 @@ FAMILIES: dict[str, Family] = {
     "video_llava": Family("video_llava"),
     "lighton_ocr": Family("lighton_ocr", top=dict(spatial_merge_size=2, vision_feature_layer=-1),
                           vision=dict(head_dim=8, num_channels=3), sizes=True, breaks=True),
+    "lfm2_vl": Family("lfm2_vl", top=dict(projector_hidden_size=48, downsample_factor=2),
+                      vision=dict(num_patches=64), text=dict(layer_types=["conv", "full_attention"],
+                                                             full_attn_idxs=[1], block_multiple_of=16),
+                      naflex=True),
     "qianfan_ocr": Family("qianfan_ocr", top=dict(downsample_ratio=0.5, vision_feature_layer=-1),
                           vision=dict(image_size=[32, 32], patch_size=[4, 4])),
 }
@@ -111,6 +116,11 @@ def batch(model: torch.nn.Module, name: str, prompts: list[list[int]], images: l
                 pixels[b, :2 * count] = torch.randn(2 * count, 3, side, side, generator=g)
                 mask[b, :2 * count] = 1
             out["pixel_values"], out["pixel_attention_mask"] = pixels, mask
+        elif family.naflex:  # 8 x 8 patches of 4 px per image, each patch flattened as the processor does
+            patches = (side // 4) ** 2
+            out["pixel_values"] = torch.randn(total, patches, 3 * 4 * 4, generator=g)
+            out["spatial_shapes"] = torch.tensor([[side // 4, side // 4]] * total)
+            out["pixel_attention_mask"] = torch.ones(total, patches, dtype=torch.bool)
         elif family.sizes:
             hw = [(side, side) if i % 2 == 0 else (side, side // 2) for i in range(total)]
             pixels = torch.zeros(total, 3, side, side)  # the processor pads to the largest size

@@ -49,6 +49,7 @@ _PROJECTORS: dict[str, tuple[str, tuple[str, ...]]] = {
     "cohere2_vision": ("multi_modal_projector", ("pixel_shuffle",)),
     "mistral3": ("multi_modal_projector", ("norm", "patch_merger")),
     "lighton_ocr": ("vision_projection", ("norm", "patch_merger")),
+    "lfm2_vl": ("multi_modal_projector", ("pixel_unshuffle",)),
     "idefics3": ("connector.modality_projection", ()),
     "smolvlm": ("connector.modality_projection", ()),
     "idefics2": ("connector.modality_projection", ()),
@@ -148,7 +149,7 @@ class GenericAdapter(ModelAdapter):
                      "InternVLForConditionalGeneration", "Idefics3ForConditionalGeneration",
                      "SmolVLMForConditionalGeneration", "Cohere2VisionForConditionalGeneration",
                      "VideoLlavaForConditionalGeneration", "LightOnOcrForConditionalGeneration",
-                     "QianfanOCRForConditionalGeneration")
+                     "QianfanOCRForConditionalGeneration", "Lfm2VlForConditionalGeneration")
     places_merged = True
     model_classes_only = False
 

@@ -197,3 +197,18 @@ def test_llava_onevision_refuses_pruning_inside_the_language_model_by_name():
     inputs = llava_next_batch(model, [[8]], [[(30, 20)]])
     with pytest.raises(UnsupportedModelError, match="llava_onevision.*cannot prune inside the language model"):
         zoprune.prune(model, budget=3, scorer=None, selector={"name": "fastv", "layer": 1})(**inputs)
+
+
+def test_lfm2_vl_images_of_different_sizes_are_refused_with_the_mismatch():
+    """LFM2-VL pads a batch's images to one grid before its projector, so the projector has rows that are no
+    placeholder's; the generic adapter says so rather than pairing the wrong rows."""
+    model = tiny_model("lfm2_vl")
+    inputs = batch(model, "lfm2_vl", [[8, 9]], [2])
+    inputs["spatial_shapes"][1] = torch.tensor([4, 8])  # the second image is half as tall: padded in the projector
+    inputs["pixel_attention_mask"][1, 32:] = False
+    # 8 placeholders fewer (BOS, then 24 placeholders): what the model places for the two images
+    inputs["input_ids"] = torch.cat([inputs["input_ids"][:, :1], inputs["input_ids"][:, 9:]], dim=1)
+    inputs["attention_mask"] = inputs["attention_mask"][:, 8:]
+    assert int((inputs["input_ids"] == IMAGE_TOKEN_ID).sum()) == 24
+    with pytest.raises(UnsupportedModelError, match="projector sees 32 tokens but the model places 24"):
+        zoprune.prune(model, budget=3).select(**inputs)
