@@ -42,6 +42,7 @@ class Family:
     around: bool = False  # begin/end tokens around each image's (or tile's) placeholders
     breaks: bool = False  # a break token after each row of placeholders, an end token after the last
     naflex: bool = False  # pixel_values as (images, patches, 3*p*p) with spatial_shapes and a patch mask (LFM2-VL)
+    grid: bool = False  # a Qwen2.5-VL tower: pixel_values as (patches, 3*2*2*2) with image_grid_thw (HyperCLOVAX)
 
     @property
     def class_name(self) -> str:
@@ -68,6 +69,8 @@ FAMILIES: dict[str, Family] = {
                       vision=dict(num_patches=64), text=dict(layer_types=["conv", "full_attention"],
                                                              full_attn_idxs=[1], block_multiple_of=16),
                       naflex=True),
+    "hyperclovax_vision_v2": Family("hyperclovax_vision_v2", vision=dict(
+        depth=2, num_heads=4, out_hidden_size=32, patch_size=2, window_size=8, fullatt_block_indexes=[1]), grid=True),
     "qianfan_ocr": Family("qianfan_ocr", top=dict(downsample_ratio=0.5, vision_feature_layer=-1),
                           vision=dict(image_size=[32, 32], patch_size=[4, 4])),
 }
@@ -116,6 +119,9 @@ def batch(model: torch.nn.Module, name: str, prompts: list[list[int]], images: l
                 pixels[b, :2 * count] = torch.randn(2 * count, 3, side, side, generator=g)
                 mask[b, :2 * count] = 1
             out["pixel_values"], out["pixel_attention_mask"] = pixels, mask
+        elif family.grid:  # 8 x 8 patches of 2 px (16 merged tokens) per image, flattened as the processor does
+            out["pixel_values"] = torch.randn(total * 64, 3 * 2 * 2 * 2, generator=g)
+            out["image_grid_thw"] = torch.tensor([[1, 8, 8]] * total)
         elif family.naflex:  # 8 x 8 patches of 4 px per image, each patch flattened as the processor does
             patches = (side // 4) ** 2
             out["pixel_values"] = torch.randn(total, patches, 3 * 4 * 4, generator=g)

@@ -149,7 +149,8 @@ class GenericAdapter(ModelAdapter):
                      "InternVLForConditionalGeneration", "Idefics3ForConditionalGeneration",
                      "SmolVLMForConditionalGeneration", "Cohere2VisionForConditionalGeneration",
                      "VideoLlavaForConditionalGeneration", "LightOnOcrForConditionalGeneration",
-                     "QianfanOCRForConditionalGeneration", "Lfm2VlForConditionalGeneration")
+                     "QianfanOCRForConditionalGeneration", "Lfm2VlForConditionalGeneration",
+                     "HyperCLOVAXVisionV2ForConditionalGeneration")
     places_merged = True
     model_classes_only = False
 
