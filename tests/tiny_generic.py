@@ -71,6 +71,8 @@ FAMILIES: dict[str, Family] = {
                       naflex=True),
     "hyperclovax_vision_v2": Family("hyperclovax_vision_v2", vision=dict(
         depth=2, num_heads=4, out_hidden_size=32, patch_size=2, window_size=8, fullatt_block_indexes=[1]), grid=True),
+    "janus": Family("janus", vision=dict(projection_dim=48)),
+    "deepseek_vl": Family("deepseek_vl"),
     "qianfan_ocr": Family("qianfan_ocr", top=dict(downsample_ratio=0.5, vision_feature_layer=-1),
                           vision=dict(image_size=[32, 32], patch_size=[4, 4])),
 }

@@ -55,7 +55,7 @@ _PROJECTORS: dict[str, tuple[str, tuple[str, ...]]] = {
     "idefics2": ("connector.modality_projection", ()),
 }
 # where the other families keep it, tried in order
-_FALLBACK = ("multi_modal_projector", "mm_projector", "multimodal_projector", "projector", "mlp1")
+_FALLBACK = ("multi_modal_projector", "mm_projector", "multimodal_projector", "projector", "aligner", "mlp1")
 
 
 class _Identity(torch.nn.Module):
@@ -150,7 +150,8 @@ class GenericAdapter(ModelAdapter):
                      "SmolVLMForConditionalGeneration", "Cohere2VisionForConditionalGeneration",
                      "VideoLlavaForConditionalGeneration", "LightOnOcrForConditionalGeneration",
                      "QianfanOCRForConditionalGeneration", "Lfm2VlForConditionalGeneration",
-                     "HyperCLOVAXVisionV2ForConditionalGeneration")
+                     "HyperCLOVAXVisionV2ForConditionalGeneration", "JanusForConditionalGeneration",
+                     "DeepseekVLForConditionalGeneration")
     places_merged = True
     model_classes_only = False
 
