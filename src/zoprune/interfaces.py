@@ -174,6 +174,15 @@ class ModelAdapter(ABC):
         """Whether this adapter can handle ``model`` (by default: its class name is in ``model_classes``)."""
         return type(model).__name__ in cls.model_classes
 
+    #: whether ``supports`` goes by ``model_classes`` alone; an adapter that recognises models by their shape sets
+    #: it False and says in ``missing`` what a model lacks, which the error for an unsupported model then names
+    model_classes_only: ClassVar[bool] = True
+
+    @classmethod
+    def missing(cls, model: torch.nn.Module) -> str | None:
+        """What ``model`` lacks for this adapter, or None when it is supported."""
+        return None if cls.supports(model) else f"its class is not one of {', '.join(cls.model_classes)}"
+
     @abstractmethod
     def projector(self) -> torch.nn.Module:
         """The projection layer (vision features -> language-model embeddings), as the model holds it."""

@@ -582,13 +582,19 @@ def make_adapter(model: Any, config: PipelineConfig) -> ModelAdapter:
     if config.adapter is not None:
         cls, params = config.component("adapter")
         if not cls.supports(model):
-            raise UnsupportedModelError(f"adapter {cls.name!r} does not support {type(model).__name__}; "
-                                        f"it handles: {', '.join(cls.model_classes) or 'see its docs'}")
+            why = f"it handles: {', '.join(cls.model_classes) or 'see its docs'}" if cls.model_classes_only \
+                else f"the model has {cls.missing(model)}"
+            raise UnsupportedModelError(f"adapter {cls.name!r} does not support {type(model).__name__}; {why}")
         return cls(model, params)
-    for registered in registry.components["adapter"].values():
+    adapters = list(registry.components["adapter"].values())
+    # an adapter naming the model's class comes first; then one that recognises the model by its shape
+    for registered in sorted(adapters, key=lambda reg: type(model).__name__ not in reg.cls.model_classes):
         if registered.cls.supports(model):
             return registered.cls(model)
+    reasons = "".join(f" Adapter {reg.name!r}: the model has {why}." for reg in adapters
+                      if (why := reg.cls.missing(model)) is not None and not reg.cls.model_classes_only)
     raise UnsupportedModelError(
         f"{type(model).__name__} is not a vision-language model any registered adapter supports. "
-        f"Supported model classes: {supported}. Name an adapter in the config, or register one as a plugin."
+        f"Supported model classes: {supported}.{reasons} Name an adapter in the config, or register one as a "
+        f"plugin."
     )

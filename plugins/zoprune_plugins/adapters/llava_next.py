@@ -37,7 +37,7 @@ from pydantic import Field
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
 
-from zoprune import Budget, ComponentConfig, ImageTokens, InputError, hookimpl
+from zoprune import Budget, ComponentConfig, ImageTokens, InputError, UnsupportedModelError, hookimpl
 from zoprune_plugins.adapters.common import (ViewTokens, VisualInput, assign_to_prompts, drop_columns, drop_mask,
                                              encoder_outputs, kept_per_input, pad_token_id, placeholder_columns,
                                              placeholder_counts, require_input_ids, shared_budgets, strip)
@@ -89,8 +89,8 @@ class LlavaNextAdapter(LlavaAdapter):
         projected = self.projector()(features)  # (P, n, d_l), the same call on the same tensor as the model's
         n = features.shape[1]
         strategy = inputs.get("vision_feature_select_strategy") or config.vision_feature_select_strategy
-        packed, _ = self._inner.pack_image_features(list(torch.split(projected, views)), image_sizes, strategy,
-                                                    image_newline=self._inner.image_newline)  # [(L_i, d_l)]
+        packed = self._pack(list(torch.split(projected, views)), image_sizes, strategy,
+                            self._inner.image_newline)  # [(L_i, d_l)]
         sources = self._sources(views, n, image_sizes, strategy, features.device)
         lengths = [p.shape[0] for p in packed]
         owners = assign_to_prompts(counts, lengths, "image")
@@ -139,9 +139,17 @@ class LlavaNextAdapter(LlavaAdapter):
         """Per image, (L_i, 1) long: the flat index (view * n + token) each packed token comes from, -1 for newline
         tokens. It is the model's own packing applied to token indices, so it cannot drift from the model's."""
         index = torch.arange(sum(views) * n, device=device).view(-1, n, 1)
-        sources, _ = self._inner.pack_image_features(list(torch.split(index, views)), image_sizes, strategy,
-                                                     image_newline=torch.tensor([-1], device=device))
-        return sources
+        return self._pack(list(torch.split(index, views)), image_sizes, strategy, torch.tensor([-1], device=device))
+
+    def _tokens_per_view(self, strategy: str) -> int:
+        """n, the tokens of one view (a CLIP tower's patches, plus [CLS] with the "full" strategy)."""
+        return tokens_per_image(self.model, strategy)
+
+    def _pack(self, views: list[torch.Tensor], image_sizes: torch.Tensor, strategy: str,
+              newline: torch.Tensor) -> list[torch.Tensor]:
+        """The model's own packing of each image's views [(V_i, n, d)] into [(L_i, d)]."""
+        packed, _ = self._inner.pack_image_features(views, image_sizes, strategy, image_newline=newline)
+        return packed
 
     def token_budgets(self, budget: Budget, images: list[ImageTokens]) -> list[int]:
         return shared_budgets(budget, images, split=self.config.budget_policy == "per_tile")
@@ -170,7 +178,7 @@ class LlavaNextAdapter(LlavaAdapter):
         if not given:
             return [], None, None
         strategy = inputs.get("vision_feature_select_strategy") or self.model.config.vision_feature_select_strategy
-        n = tokens_per_image(self.model, strategy)
+        n = self._tokens_per_view(strategy)
         views = self._views(image_sizes)
         sources = [s.squeeze(-1) for s in self._sources(views, n, image_sizes, strategy, input_ids.device)]
         lengths = [s.shape[0] for s in sources]
@@ -231,6 +239,75 @@ def append_merged(per_input: list[tuple[VisualInput, torch.Tensor]], outputs: di
     return placed, {**outputs, "image": BaseModelOutputWithPooling(pooler_output=embeddings)}
 
 
+class LlavaNextVideoAdapter(LlavaNextAdapter):
+    """LLaVA-NeXT-Video: LLaVA-NeXT's images (pruned as above); videos (``pixel_values_videos``) go to the model
+    unpruned, which computes their features itself."""
+
+    name = "llava_next_video"
+    model_classes = ("LlavaNextVideoForConditionalGeneration",)
+
+
+class LlavaOnevisionAdapter(LlavaNextAdapter):
+    """LLaVA-OneVision: LLaVA-NeXT's AnyRes images (base view, unpadded crops, newline tokens; a single-view image
+    gets one newline at its end), with the budget policies above; videos go to the model unpruned.
+
+    Two cases are refused rather than approximated: an image whose unpadded grid exceeds ``vision_aspect_ratio``
+    (``anyres_max_N``) is bilinearly shrunk after the projector, so its placed tokens are mixtures of projector
+    outputs; and prompts with several images (``batch_num_images`` > 1), whose images the model reduces to their
+    base view.
+    """
+
+    name = "llava_onevision"
+    model_classes = ("LlavaOnevisionForConditionalGeneration",)
+    provides = frozenset()  # a SigLIP tower has no [CLS] token, so no [CLS] attention
+
+    def _check(self, inputs: dict[str, Any]) -> None:
+        counts = inputs.get("batch_num_images")
+        if counts is not None and any(int(c) > 1 for c in counts):
+            raise UnsupportedModelError("LLaVA-OneVision prompts with several images (batch_num_images > 1) are "
+                                        "not supported yet; give one image per prompt")
+
+    def extract(self, inputs: dict[str, Any], projector: Callable[[torch.Tensor], torch.Tensor],
+                dtype: torch.dtype, extras: frozenset[str] = frozenset()) -> list[ImageTokens]:
+        self._check(inputs)
+        return super().extract(inputs, projector, dtype, extras)
+
+    def llm_columns(self, inputs: dict[str, Any], input_ids: torch.Tensor):
+        self._check(inputs)
+        return super().llm_columns(inputs, input_ids)
+
+    def inside_llm(self, inputs: dict[str, Any], layer: int,
+                   select: Callable[[list[ImageTokens]], list[torch.Tensor]], dtype: torch.dtype) -> Any:
+        """Not available yet: LLaVA-NeXT's hook point, run on this model with every token kept, does not reproduce
+        its logits (the cause is not found yet), so it is refused rather than approximated."""
+        raise UnsupportedModelError(f"adapter {self.name!r} cannot prune inside the language model yet; use a "
+                                    f"selector that prunes before it")
+
+    def _tokens_per_view(self, strategy: str) -> int:
+        """n of a SigLIP tower (no [CLS]): its patches, less the first with the "default" strategy (the model drops
+        it as if it were [CLS])."""
+        vision = self.model.config.vision_config
+        return (vision.image_size // vision.patch_size) ** 2 - (1 if strategy == "default" else 0)
+
+    def _pack(self, views: list[torch.Tensor], image_sizes: torch.Tensor, strategy: str,
+              newline: torch.Tensor) -> list[torch.Tensor]:
+        if not views[0].dtype.is_floating_point:  # token indices: the model would interpolate an oversized grid
+            aspect = self.model.config.vision_aspect_ratio
+            try:
+                packed, _ = self._inner.pack_image_features(views, image_sizes, image_newline=newline,
+                                                            vision_aspect_ratio=aspect)
+            except (RuntimeError, NotImplementedError) as error:
+                raise UnsupportedModelError(f"an image larger than LLaVA-OneVision's {aspect!r} grid is shrunk by "
+                                            f"interpolation after the projector; pruning such images is not "
+                                            f"supported yet ({error})") from error
+            return packed
+        packed, _ = self._inner.pack_image_features(views, image_sizes, image_newline=newline,
+                                                    vision_aspect_ratio=self.model.config.vision_aspect_ratio)
+        return packed
+
+
 @hookimpl
 def register_adapters(register):
     register(LlavaNextAdapter)
+    register(LlavaNextVideoAdapter)
+    register(LlavaOnevisionAdapter)
