@@ -248,7 +248,7 @@ def qwen3_batch(model: torch.nn.Module, prompts: list[list[int]],
     g = torch.Generator().manual_seed(seed + 1)
     vision = model.config.vision_config
     patch_dim = vision.in_channels * vision.temporal_patch_size * vision.patch_size ** 2
-    ids, types, masks, grids = [], [], [], []
+    ids, types, grids = [], [], []
     for b, items in enumerate(visuals):
         row = out["input_ids"][b][out["attention_mask"][b].bool()].tolist()
         kinds = out["mm_token_type_ids"][b][out["attention_mask"][b].bool()].tolist()
@@ -277,7 +277,8 @@ def tiny_llava_onevision(seed: int = 0, dtype: torch.dtype = torch.float32,
                          attn_implementation: str = "eager") -> torch.nn.Module:
     """LLaVA-OneVision at the size of ``tiny_families.tiny_llava_next`` (a SigLIP tower, a Qwen2 language model);
     lay out inputs with ``tiny_families.llava_next_batch``."""
-    from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, Qwen2Config, SiglipVisionConfig
+    from transformers import (LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, Qwen2Config,
+                              SiglipVisionConfig)
 
     torch.manual_seed(seed)
     vision = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
