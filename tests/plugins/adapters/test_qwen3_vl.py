@@ -1,6 +1,6 @@
 """The Qwen3-VL adapter (Qwen3-VL, Qwen3.5 and their MoE variants) and the GLM-4V adapter on tiny random models:
-exact with every token kept (float32 and bf16, images and a video, left padding), deepstack features pruned with the main features' kept indices, kept tokens at
-their unpruned 3-D positions, pruned generation."""
+exact with every token kept (float32 and bf16, images and a video, left padding), deepstack features pruned with
+the main features' kept indices, kept tokens at their unpruned 3-D positions, pruned generation."""
 
 import pytest
 import torch
