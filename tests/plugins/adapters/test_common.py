@@ -53,6 +53,10 @@ def test_drop_columns_repads_on_the_batch_side_keeping_the_shared_padding():
     out = drop_columns(right, torch.tensor([[f, t, f, f], [f, f, f, f]]), pad_id=9)
     assert out["input_ids"].tolist() == [[5, 7, 9, 9], [5, 6, 7, 8]]
     assert out["attention_mask"].tolist() == [[1, 1, 0, 0], [1, 1, 1, 1]]
+    # no padding at all: left, as generation wants
+    unpadded = {"input_ids": torch.tensor([[5, 6, 7], [5, 6, 8]]), "attention_mask": torch.ones(2, 3, dtype=torch.long)}
+    out = drop_columns(unpadded, torch.tensor([[f, t, f], [f, f, f]]), pad_id=9)
+    assert out["input_ids"].tolist() == [[9, 5, 7], [5, 6, 8]]
     # no attention mask: every token is real
     out = drop_columns({"input_ids": torch.tensor([[5, 6, 7]])}, torch.tensor([[f, t, f]]), pad_id=9)
     assert out["input_ids"].tolist() == [[5, 7]] and out["attention_mask"].tolist() == [[1, 1]]
