@@ -80,8 +80,11 @@ def test_evaluate_reports_relative_accuracy_intervals_and_means_computed_here(mo
         ("zo_sensitivity", 4): (set(range(10)), [4] * 10),  # 10 / 10: better than unpruned
     }
 
+    passed = []
+
     def scripted(models, processor, examples, prompt, batch_size=32, max_new_tokens=4, on_batch=None, device=None):
         examples = list(examples)  # an iterator read once, as answer_all reads it
+        passed.append((batch_size, on_batch))
         out = []
         for model in models:
             budget = model.config.budget.keep
@@ -94,7 +97,10 @@ def test_evaluate_reports_relative_accuracy_intervals_and_means_computed_here(mo
     monkeypatch.setattr(evaluation, "answer_all", scripted)
     methods = {"a": evaluation.PipelineConfig(scorer="norm", selector="topk"),
                "b": evaluation.PipelineConfig(scorer="zo_sensitivity", selector="topk")}
-    results = evaluation.evaluate(tiny_llava(), None, examples, methods, [8, 4], prompt=lambda q: q)
+    progress = print  # any callable: evaluate hands it on for the progress bar
+    results = evaluation.evaluate(tiny_llava(), None, examples, methods, [8, 4], prompt=lambda q: q, batch_size=7,
+                                  on_batch=progress)
+    assert passed == [(7, progress)]  # one pass for the unpruned run and every method's budget twins, as asked
     assert [(r.method, r.budget) for r in results] == [("unpruned", None), ("a", 8), ("a", 4), ("b", 8), ("b", 4)]
     expected_correct = [8, 6, 3, 8, 10]
     for result, correct in zip(results, expected_correct):

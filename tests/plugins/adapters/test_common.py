@@ -33,3 +33,30 @@ def test_pad_id_comes_from_generation_config_then_text_config_then_config():
     assert pad_token_id(model(text=6, top=7)) == 6
     assert pad_token_id(model(top=7)) == 7
     assert pad_token_id(model()) == 0
+
+
+def test_drop_columns_repads_on_the_batch_side_keeping_the_shared_padding():
+    from zoprune_plugins.adapters.common import drop_columns
+
+    t, f = True, False
+    # left padded, every row padded by at least 1: rows shrink, the shared padding stays, ids are padded with pad_id
+    left = {"input_ids": torch.tensor([[0, 0, 5, 6, 7], [0, 5, 6, 7, 8]]),
+            "attention_mask": torch.tensor([[0, 0, 1, 1, 1], [0, 1, 1, 1, 1]]),
+            "token_type_ids": torch.tensor([[0, 0, 1, 2, 3], [0, 1, 2, 3, 4]])}
+    out = drop_columns(left, torch.tensor([[f, f, f, t, f], [f, f, t, f, f]]), pad_id=9)
+    assert out["input_ids"].tolist() == [[9, 9, 5, 7], [9, 5, 7, 8]]
+    assert out["attention_mask"].tolist() == [[0, 0, 1, 1], [0, 1, 1, 1]]
+    assert out["token_type_ids"].tolist() == [[0, 0, 1, 3], [0, 1, 3, 4]]  # other per-token tensors padded with 0
+    # right padded: padding goes back on the right
+    right = {"input_ids": torch.tensor([[5, 6, 7, 0], [5, 6, 7, 8]]),
+             "attention_mask": torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])}
+    out = drop_columns(right, torch.tensor([[f, t, f, f], [f, f, f, f]]), pad_id=9)
+    assert out["input_ids"].tolist() == [[5, 7, 9, 9], [5, 6, 7, 8]]
+    assert out["attention_mask"].tolist() == [[1, 1, 0, 0], [1, 1, 1, 1]]
+    # no padding at all: left, as generation wants
+    unpadded = {"input_ids": torch.tensor([[5, 6, 7], [5, 6, 8]]), "attention_mask": torch.ones(2, 3, dtype=torch.long)}
+    out = drop_columns(unpadded, torch.tensor([[f, t, f], [f, f, f]]), pad_id=9)
+    assert out["input_ids"].tolist() == [[9, 5, 7], [5, 6, 8]]
+    # no attention mask: every token is real
+    out = drop_columns({"input_ids": torch.tensor([[5, 6, 7]])}, torch.tensor([[f, t, f]]), pad_id=9)
+    assert out["input_ids"].tolist() == [[5, 7]] and out["attention_mask"].tolist() == [[1, 1]]
