@@ -97,6 +97,10 @@ def test_every_public_name_has_a_rendered_api_entry(site):
         for field in model.model_fields:
             assert f'id="zoprune.{model.__name__}.{field}"' in api, (model.__name__, field)
     assert 'id="zoprune.PrunedModel.last_selection"' in api
+    # the class attributes a plugin author sets (the plugin guide explains them)
+    for attribute in ("Scorer.requires", "Selector.needs_scores", "Selector.stage", "Selector.merges",
+                      "Selector.requires", "ModelAdapter.provides", "ModelAdapter.model_classes", "Scorer.name"):
+        assert f'id="zoprune.{attribute}"' in api, attribute
     # the package docstring's example is a code block, one statement per line
     blocks = [text(b) for b in re.findall(r"<pre\b.*?</pre>", api, re.S)]
     assert any("import zoprune\npruned = zoprune.prune(model" in b for b in blocks), blocks[:3]

@@ -77,9 +77,11 @@ class Scorer(ABC):
     """Visual tokens of one image -> one importance score per token (higher = more worth keeping)."""
 
     name: ClassVar[str]
+    """How configs and commands refer to the component; unique among components of its kind."""
     Config: ClassVar[type[ComponentConfig]] = NoParameters
-    #: extra signals the adapter must put in ``ImageTokens.extras`` (e.g. ``{"cls_attention"}``)
+    """The pydantic model of its parameters, validated before the component is built."""
     requires: ClassVar[frozenset[str]] = frozenset()
+    """Extra signals the adapter must put in ``ImageTokens.extras`` (e.g. ``{"cls_attention"}``)."""
 
     def __init__(self, config: ComponentConfig | None = None):
         self.config = config if config is not None else self.Config()
@@ -121,18 +123,20 @@ class Selector(ABC):
     """Scores and projected features of one image, and a budget -> indices of the kept tokens."""
 
     name: ClassVar[str]
+    """How configs and commands refer to the component; unique among components of its kind."""
     Config: ClassVar[type[ComponentConfig]] = NoParameters
-    #: whether ``select`` needs scores (a pipeline with such a selector and no scorer is a config error)
+    """The pydantic model of its parameters, validated before the component is built."""
     needs_scores: ClassVar[bool] = True
-    #: whether ``select`` returns a :class:`Merge` (kept tokens plus merged ones) instead of indices
+    """Whether ``select`` needs scores (a pipeline with such a selector and no scorer is a config error)."""
     merges: ClassVar[bool] = False
-    #: extra signals the adapter must put in ``ImageTokens.extras`` for ``select`` (as ``Scorer.requires``); a
-    #: plain attribute, so a selector may make it a property of its config
+    """Whether ``select`` returns a :class:`Merge` (kept tokens plus merged ones) instead of indices."""
     requires: frozenset[str] = frozenset()
-    #: where the selection runs. "pre_llm": on the vision tokens, before the language model sees them (the
-    #: adapter's ``extract`` / ``pruned_inputs``). "in_llm": inside the language model, after its first layers ran
-    #: on every token (the adapter's ``inside_llm``; such a selector must say which layer, see ``llm_layer``).
+    """Extra signals the adapter must put in ``ImageTokens.extras`` for ``select`` (as ``Scorer.requires``); a plain
+    attribute, so a selector may make it a property of its config."""
     stage: ClassVar[Literal["pre_llm", "in_llm"]] = "pre_llm"
+    """Where the selection runs. "pre_llm": on the vision tokens, before the language model sees them (the adapter's
+    ``extract`` / ``pruned_inputs``). "in_llm": inside the language model, after its first layers ran on every
+    token (the adapter's ``inside_llm``; such a selector must say which layer, see ``llm_layer``)."""
 
     @property
     def llm_layer(self) -> int:
@@ -157,13 +161,15 @@ class ModelAdapter(ABC):
     """Knows one model family: where its visual tokens and projector are and how to run it on the kept ones."""
 
     name: ClassVar[str]
+    """How configs and commands refer to the component; unique among components of its kind."""
     Config: ClassVar[type[ComponentConfig]] = NoParameters
-    #: class names this adapter handles, used for auto-detection and for error messages
+    """The pydantic model of its parameters, validated before the component is built."""
     model_classes: ClassVar[tuple[str, ...]] = ()
-    #: the extra signals this adapter can provide to scorers (see ``Scorer.requires``)
+    """Class names this adapter handles, used for auto-detection and for error messages."""
     provides: ClassVar[frozenset[str]] = frozenset()
-    #: whether ``pruned_inputs`` accepts ``merged`` tokens (from selectors that return a :class:`Merge`)
+    """The extra signals this adapter can provide to scorers (see ``Scorer.requires``)."""
     places_merged: ClassVar[bool] = False
+    """Whether ``pruned_inputs`` accepts ``merged`` tokens (from selectors that return a :class:`Merge`)."""
 
     def __init__(self, model: torch.nn.Module, config: ComponentConfig | None = None):
         self.model = model
