@@ -11,7 +11,7 @@ from zoprune.cli.eval_cmd import HELD_OUT_SEED
 from zoprune.errors import ZopruneError
 
 
-@app.command("lmms-task")
+@app.command("lmms-task", short_help="The shapes benchmark as an offline lmms-eval task.")
 @friendly_errors
 def lmms_task_command(
     folder: Path = typer.Argument(..., help="where to write the task folder (pass it to --include_path)"),

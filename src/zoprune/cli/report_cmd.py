@@ -12,7 +12,7 @@ from zoprune.cli.app import app, console, err_console, friendly_errors
 from zoprune.cli.eval_cmd import require_matplotlib
 
 
-@app.command("report")
+@app.command("report", short_help="lmms-eval results as the paper's table.")
 @friendly_errors
 def report_command(
     paths: List[Path] = typer.Argument(..., help="lmms-eval output folders or *_results.json files"),
