@@ -12,7 +12,7 @@ import torch
 
 from zoprune.config import PipelineConfig
 from zoprune.errors import ConfigError, PluginError, UnsupportedModelError
-from zoprune.interfaces import Context, ImageTokens, Merge, ModelAdapter, Scorer, Selector
+from zoprune.interfaces import Context, ImageTokens, Merge, ModelAdapter, PrunedEmbedding, Scorer, Selector
 from zoprune.registry import get_registry
 
 
@@ -200,15 +200,44 @@ class PrunedModel:
         """
         if self.selector.stage == "in_llm":
             return dict(inputs)
-        images = self._extract(inputs)
+        images, kept, merged = self._kept(inputs)
         if not images:  # text-only inputs: nothing to prune
-            self.last_selection = []
             return dict(inputs)
-        self.last_selection = self._select(images)
+        if merged is None:
+            return self.adapter.pruned_inputs(inputs, images, kept)
+        return self.adapter.pruned_inputs(inputs, images, kept, merged=merged)
+
+    @torch.no_grad()
+    def embed(self, **inputs: Any) -> list[PrunedEmbedding]:
+        """The pruned visual embeddings of every image in ``inputs``, without running the language model.
+
+        ``inputs`` are the processor's outputs, as for ``generate`` (the prompt is part of them, so a method that
+        looks at the question sees it). Returns one :class:`~zoprune.PrunedEmbedding` per image (or video), in the
+        order the model consumes them: its (k, d_l) embeddings in the model's dtype, exactly the rows ``generate``
+        feeds the language model for it, and the kept indices. ``last_selection`` is filled as by ``select``.
+        This is what a server that accepts image embeddings takes (see :mod:`zoprune.integrations.vllm`).
+
+        A selector that prunes inside the language model has no such embeddings: it is refused with a ConfigError.
+        """
+        if self.selector.stage == "in_llm":
+            raise ConfigError(f"selector {self.selector.name!r} prunes inside the language model (after its first "
+                              f"layers saw every token), so there are no pruned image embeddings to hand to a "
+                              f"server; use a method that prunes before the language model")
+        images, kept, merged = self._kept(inputs)
+        if not images:
+            return []
+        return self.adapter.pruned_embeddings(images, kept, merged)
+
+    def _kept(self, inputs: dict[str, Any]
+              ) -> tuple[list[ImageTokens], list[torch.Tensor], list[torch.Tensor | None] | None]:
+        """Every entry's tokens, its kept indices (on the embeddings' device) and its merged tokens (None when no
+        entry has any); fills ``last_selection``."""
+        images = self._extract(inputs)
+        self.last_selection = self._select(images) if images else []
         kept = [s.kept.to(images[i].model_embeddings.device) for i, s in enumerate(self.last_selection)]
         if all(s.merged is None for s in self.last_selection):
-            return self.adapter.pruned_inputs(inputs, images, kept)
-        return self.adapter.pruned_inputs(inputs, images, kept, merged=[s.merged for s in self.last_selection])
+            return images, kept, None
+        return images, kept, [s.merged for s in self.last_selection]
 
     def __call__(self, **inputs: Any) -> Any:
         """The model's forward pass on the pruned inputs (logits cover the pruned sequence)."""
