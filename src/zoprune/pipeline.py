@@ -163,32 +163,11 @@ class PrunedModel:
         budgets = self.adapter.token_budgets(self.config.budget, images)
         cached = self._memo.scores if memo and images is self._memo.images else {}
         for index, (tokens, k) in enumerate(zip(images, budgets)):
-            # a generator per image, seeded alike: an image's selection does not depend on its batch neighbours
-            ctx = Context(generator=torch.Generator(tokens.features.device).manual_seed(self.config.seed),
-                          dtype=tokens.features.dtype)
-            n = tokens.num_tokens
-            if not 1 <= k <= n:
-                raise PluginError(f"adapter {self.adapter.name!r} gave a budget of {k} tokens to an entry "
-                                  f"of {n}")
-            if k == n:  # nothing to prune: no scoring work either
-                selections.append(Selection(tokens.sample, tokens.image, n, torch.arange(n), None, tokens.grid))
-                continue
-            scores = cached.get(index)
-            if scores is None and self.scorer is not None:
-                scores = self.scorer.score(tokens, ctx)
-                if memo:
-                    cached[index] = scores
-            if scores is not None and tuple(scores.shape) != (n,):
-                raise PluginError(f"scorer {self.scorer.name!r} returned scores of shape {tuple(scores.shape)}, "
-                                  f"expected ({n},)")
-            chosen = self.selector.select(scores, tokens, k, ctx)
-            merged = groups = None
-            if isinstance(chosen, Merge):
-                merged, groups = _check_merge(chosen, tokens, k, self.selector.name)
-                chosen = chosen.kept
-            _check_kept(chosen, n, k - (merged.shape[0] if merged is not None else 0), self.selector.name)
-            selections.append(Selection(tokens.sample, tokens.image, n, chosen.to(torch.long), scores, tokens.grid,
-                                        merged, groups))
+            selection, scores = select_entry(self.scorer, self.selector, tokens, k, self.config.seed,
+                                             cached.get(index), self.adapter.name)
+            if memo and scores is not None and self.scorer is not None:
+                cached[index] = scores
+            selections.append(selection)
         return selections
 
     @torch.no_grad()
@@ -273,6 +252,33 @@ class PrunedModel:
             return sequences
         output.sequences = sequences
         return output
+
+
+def select_entry(scorer: Scorer | None, selector: Selector, tokens: ImageTokens, k: int, seed: int,
+                 scores: torch.Tensor | None = None, adapter: str = "adapter"
+                 ) -> tuple[Selection, torch.Tensor | None]:
+    """Score (unless ``scores`` are given) and select k of one entry's tokens, checked, with a generator seeded
+    afresh from ``seed``: what a pipeline does per image, usable on tokens that did not come from an adapter (a
+    serving engine's tensors, see :mod:`zoprune.integrations.vllm`). Returns the selection and the scores."""
+    # a generator per image, seeded alike: an image's selection does not depend on its batch neighbours
+    ctx = Context(generator=torch.Generator(tokens.features.device).manual_seed(seed), dtype=tokens.features.dtype)
+    n = tokens.num_tokens
+    if not 1 <= k <= n:
+        raise PluginError(f"adapter {adapter!r} gave a budget of {k} tokens to an entry of {n}")
+    if k == n:  # nothing to prune: no scoring work either
+        return Selection(tokens.sample, tokens.image, n, torch.arange(n), None, tokens.grid), None
+    if scores is None and scorer is not None:
+        scores = scorer.score(tokens, ctx)
+    if scores is not None and tuple(scores.shape) != (n,):
+        raise PluginError(f"scorer {scorer.name!r} returned scores of shape {tuple(scores.shape)}, expected ({n},)")
+    chosen = selector.select(scores, tokens, k, ctx)
+    merged = groups = None
+    if isinstance(chosen, Merge):
+        merged, groups = _check_merge(chosen, tokens, k, selector.name)
+        chosen = chosen.kept
+    _check_kept(chosen, n, k - (merged.shape[0] if merged is not None else 0), selector.name)
+    return Selection(tokens.sample, tokens.image, n, chosen.to(torch.long), scores, tokens.grid, merged,
+                     groups), scores
 
 
 def _requires(scorer: Scorer | None, selector: Selector) -> frozenset[str]:

@@ -173,3 +173,41 @@ def test_pruned_item_appends_the_kept_rows_positions():
         vllm.pruned_item(embeddings, torch.tensor([12]))
     with pytest.raises(InputError, match="positions must be"):
         vllm.pruned_item(embeddings, kept, positions[:5])
+
+
+# ------------------------------------------------------------------------------------- selection on tensors
+
+# jacobian_norm (zoo-prune-fast) needs a Linear-activation-Linear projector; Qwen's merger normalises first
+@pytest.mark.parametrize("family, method", [
+    (family, method) for family in ("llava", "llava_bf16", "qwen2_5_vl")
+    for method in ("zoo-prune", "zoo-prune-fast", "divprune", "norm", "random")
+    if not (family == "qwen2_5_vl" and method == "zoo-prune-fast")])
+def test_select_tokens_on_raw_tensors_is_the_pipelines_selection(family, method):
+    from zoprune.methods import resolve_method
+
+    if family == "qwen2_5_vl":
+        model = tiny_qwen2_5_vl()
+        inputs = qwen_batch(model, [[7], [8]], [[("image", (1, 4, 6))], [("image", (1, 6, 4))]])
+    else:
+        model = tiny_llava(dtype=torch.bfloat16 if family == "llava_bf16" else torch.float32)
+        inputs = llava_batch(model, [[6], [7]], [2, 1])
+        inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+    config = resolve_method(method)[1].to_dict() | {"budget": 3}
+    pruned = zoprune.prune(model, config)
+    selections = pruned.select(**inputs)
+    images = pruned.adapter.extract(inputs, pruned.adapter.projector(), model.dtype)  # the model's own tensors
+    assert len(images) == len(selections) == (2 if family == "qwen2_5_vl" else 3)
+    for tokens, selection in zip(images, selections):
+        kept = vllm.select_tokens(config, tokens.features, tokens.model_embeddings, pruned.adapter.projector(),
+                                  grid=tokens.grid)
+        assert torch.equal(kept, selection.kept), (tokens.sample, tokens.image)
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"scorer": "cls_attention", "selector": "topk"}, "needs cls_attention"),
+    ({"scorer": "cls_attention", "selector": "visionzip"}, "merges tokens"),
+    ({"scorer": None, "selector": "fastv"}, "inside the language model"),
+])
+def test_select_tokens_refuses_what_needs_more_than_the_encoder_output(config, message):
+    with pytest.raises(zoprune.ConfigError, match=message):
+        vllm.select_tokens(config, torch.randn(6, 4), torch.randn(6, 8), torch.nn.Linear(4, 8))

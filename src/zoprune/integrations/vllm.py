@@ -19,7 +19,8 @@ processor builds from it.
 
 Qwen2-VL / Qwen2.5-VL are refused on the client side: vLLM sizes their placeholders and 3-D positions from
 ``image_grid_thw``, so an embedding of fewer rows than the grid cannot be sent; they need the server-side plugin,
-whose vLLM-free pieces are :func:`kept_tokens`, :func:`mrope_positions` and :func:`pruned_item`.
+whose vLLM-free pieces are :func:`kept_tokens`, :func:`select_tokens`, :func:`mrope_positions` and
+:func:`pruned_item`.
 """
 
 from __future__ import annotations
@@ -30,9 +31,9 @@ from typing import Any, Sequence
 
 import torch
 
-from zoprune.config import Budget
-from zoprune.errors import InputError, UnsupportedModelError
-from zoprune.interfaces import PrunedEmbedding
+from zoprune.config import Budget, PipelineConfig
+from zoprune.errors import ConfigError, InputError, UnsupportedModelError
+from zoprune.interfaces import ImageTokens, PrunedEmbedding
 
 #: the vLLM release whose source these helpers follow
 VLLM_VERSION = "0.32.0"
@@ -182,3 +183,46 @@ def pruned_item(embeddings: torch.Tensor, kept: torch.Tensor, positions: torch.T
     if tuple(positions.shape) != (n, 4):
         raise InputError(f"positions must be ({n}, 4), got {tuple(positions.shape)}")
     return torch.cat([rows, positions.to(device=rows.device)[kept].to(rows.dtype)], dim=1)
+
+
+def select_tokens(config: PipelineConfig | dict | str | None, features: torch.Tensor, embeddings: torch.Tensor,
+                  projector: Any, k: int | None = None, grid: tuple[int, int] | None = None) -> torch.Tensor:
+    """(k,) long, the sorted indices one item keeps, from tensors a serving engine holds rather than from model
+    inputs: ``features`` (N, d_v), the projector's input per token, ``embeddings`` (N, d_l), its output in the
+    model's dtype, both in raster order (for Qwen2.5-VL, the merger's input regrouped to (N, 4 d_v) and put back
+    from window order, as vLLM's vision tower does with the merger's output); ``projector`` maps (..., d_v) ->
+    (..., d_l) (a copy in the scoring dtype is made when its weights differ). ``k`` defaults to
+    :func:`kept_tokens` of the config's budget. The same selection ``PrunedModel`` makes on that image.
+
+    Only what runs on the encoder side fits here: a selector that merges tokens, prunes inside the language
+    model or needs an adapter's extra signals (``[CLS]`` attention, keys) is refused with a ConfigError.
+    """
+    import copy
+
+    from zoprune.pipeline import resolve_config, select_entry
+
+    config = resolve_config(config)
+    selector_cls, selector_params = config.component("selector")
+    scorer_entry = config.component("scorer")
+    scorer = scorer_entry[0](scorer_entry[1]) if scorer_entry is not None else None
+    selector = selector_cls(selector_params)
+    needs = (scorer.requires if scorer is not None else frozenset()) | frozenset(selector.requires)
+    if selector.stage != "pre_llm" or selector.merges or needs:
+        why = ("prunes inside the language model" if selector.stage != "pre_llm" else
+               "merges tokens" if selector.merges else f"needs {', '.join(sorted(needs))} from a model adapter")
+        raise ConfigError(f"this pipeline {why}; on a serving engine's encoder output only scorers and selectors "
+                          f"that read the tokens' features and embeddings can run (docs/serving.md)")
+    n = features.shape[0]
+    if features.ndim != 2 or embeddings.ndim != 2 or embeddings.shape[0] != n:
+        raise InputError(f"features (N, d_v) and embeddings (N, d_l) must have the same N, got "
+                         f"{tuple(features.shape)} and {tuple(embeddings.shape)}")
+    dtype = config.torch_dtype(embeddings.dtype)
+    weight = next(projector.parameters(), None) if isinstance(projector, torch.nn.Module) else None
+    if weight is not None and weight.dtype != dtype:
+        projector = copy.deepcopy(projector).to(dtype).eval()
+    tokens = ImageTokens(features=features.to(dtype), embeddings=embeddings.to(dtype), model_embeddings=embeddings,
+                         projector=projector, sample=0, image=0, grid=grid)
+    k = kept_tokens(config.budget, n) if k is None else k
+    with torch.no_grad():
+        selection, _ = select_entry(scorer, selector, tokens, k, config.seed)
+    return selection.kept
