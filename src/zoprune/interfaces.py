@@ -119,6 +119,31 @@ class Merge:
     groups: torch.Tensor  # (N,) long: merged token of each token, -1 for kept ones
 
 
+@dataclass(frozen=True)
+class PrunedEmbedding:
+    """One image (or video) as the language model sees it after pruning: the rows its placeholders receive.
+
+    Attributes:
+        sample: the prompt's index in the batch.
+        image: which image of that prompt, counted from 0 (as ``ImageTokens.image``).
+        kind: "image" or "video".
+        embeddings: (k, d_l) in the model's dtype: exactly what the language model gets for this input, in
+            placeholder order (the kept rows, then any merged ones).
+        kept: (k - M,) long, sorted positions of the kept rows among the input's ``num_tokens`` unpruned ones
+            (for LLaVA-NeXT: positions in the packed sequence, newline tokens included).
+        num_tokens: L, the input's embeddings before pruning.
+        num_merged: M, the rows at the end of ``embeddings`` that a merging selector built.
+    """
+
+    sample: int  # the prompt's index in the batch
+    image: int  # which image of that prompt
+    kind: str  # "image" or "video"
+    embeddings: torch.Tensor  # (k, d_l), the model's dtype: what the language model sees
+    kept: torch.Tensor  # (k - M,) long, sorted positions among the L unpruned rows
+    num_tokens: int  # L, the rows before pruning
+    num_merged: int = 0  # M merged rows at the end of ``embeddings``
+
+
 class Selector(ABC):
     """Scores and projected features of one image, and a budget -> indices of the kept tokens."""
 
@@ -231,6 +256,27 @@ class ModelAdapter(ABC):
 
         raise UnsupportedModelError(f"adapter {self.name!r} cannot prune inside the language model; use a "
                                     f"selector that prunes before it, or an adapter that implements inside_llm")
+
+    def pruned_embeddings(
+        self, images: list[ImageTokens], kept: list[torch.Tensor], merged: list[torch.Tensor | None] | None = None,
+    ) -> list[PrunedEmbedding]:
+        """Per image or video, the embeddings the language model gets for it after pruning: exactly the rows that
+        :meth:`pruned_inputs` hands the model, one :class:`PrunedEmbedding` per input in the order the model
+        consumes them (images in batch order).
+
+        By default each entry of ``images`` is one whole image: its kept rows of ``model_embeddings``, then its
+        merged tokens. An adapter that emits several entries per input, or keeps rows no entry covers, overrides
+        this.
+        """
+        merged = merged if merged is not None else [None] * len(images)
+        out = []
+        for tokens, indices, extra in zip(images, kept, merged):
+            rows = tokens.model_embeddings[indices.to(tokens.model_embeddings.device)]  # (k - M, d_l)
+            if extra is not None:
+                rows = torch.cat([rows, extra.to(rows.device)])
+            out.append(PrunedEmbedding(tokens.sample, tokens.image, "image", rows, indices.to(torch.long),
+                                       tokens.num_tokens, 0 if extra is None else extra.shape[0]))
+        return out
 
     @abstractmethod
     def pruned_inputs(

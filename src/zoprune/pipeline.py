@@ -14,7 +14,7 @@ import torch
 from zoprune.config import PipelineConfig
 from zoprune.errors import (ConfigError, InputError, NumericalError, PluginError, UnsupportedModelError,
                              ZopruneError)
-from zoprune.interfaces import Context, ImageTokens, Merge, ModelAdapter, Scorer, Selector
+from zoprune.interfaces import Context, ImageTokens, Merge, ModelAdapter, PrunedEmbedding, Scorer, Selector
 from zoprune.registry import get_registry
 
 
@@ -255,88 +255,59 @@ class PrunedModel:
         selections = []
         budgets = self.adapter.token_budgets(self.config.budget, images)
         for index, (tokens, k) in enumerate(zip(images, budgets)):
-            # a generator per image, seeded alike: an image's selection does not depend on its batch neighbours
-            ctx = Context(generator=torch.Generator(tokens.features.device).manual_seed(self.config.seed),
-                          dtype=tokens.features.dtype)
-            n = tokens.num_tokens
-            if not 1 <= k <= n:
-                raise PluginError(f"{_origin('adapter', self.adapter)} gave a budget of {k} tokens to an entry "
-                                  f"of {n}")
-            if k == n:  # nothing to prune: no scoring work either
-                selections.append(Selection(tokens.sample, tokens.image, n, torch.arange(n), None, tokens.grid))
-                continue
-            check_finite(tokens, stage)
-            scores = cached.get(index) if cached is not None else None
-            if scores is None and self.scorer is not None:
-                scores = self._score(tokens, ctx)
-                if cached is not None:
-                    cached[index] = scores
-            chosen = self._choose(scores, tokens, k, ctx)
-            merged = groups = None
-            if isinstance(chosen, Merge):
-                merged, groups = _check_merge(chosen, tokens, k, _origin("selector", self.selector))
-                chosen = chosen.kept
-            _check_kept(chosen, n, k - (merged.shape[0] if merged is not None else 0),
-                        _origin("selector", self.selector), tokens)
-            selections.append(Selection(tokens.sample, tokens.image, n, chosen.to(torch.long), scores, tokens.grid,
-                                        merged, groups))
+            given = cached.get(index) if cached is not None else None
+            selection, scores = select_entry(self.scorer, self.selector, tokens, k, self.config.seed, given,
+                                             self.adapter, stage)
+            if cached is not None and scores is not None:
+                cached[index] = scores
+            selections.append(selection)
         return selections
 
-    def _score(self, tokens: ImageTokens, ctx: Context) -> torch.Tensor:
-        """The scorer's (N,) scores, checked: a plugin's bug or a NaN is named here, with the image."""
-        what, where = _origin("scorer", self.scorer), entry_name(tokens)
-        try:
-            scores = self.scorer.score(tokens, ctx)
-        except ZopruneError:
-            raise
-        except Exception as error:  # a plugin's own exception: say whose it is and on which image
-            raise PluginError(f"{what} failed on {where}: {type(error).__name__}: {error}") from error
-        n, device = tokens.num_tokens, tokens.features.device
-        problem = None
-        if not isinstance(scores, torch.Tensor):
-            problem = f"a {type(scores).__name__} instead of a tensor"
-        elif tuple(scores.shape) != (n,):
-            problem = f"scores of shape {tuple(scores.shape)}, expected ({n},)"
-        elif not scores.dtype.is_floating_point:
-            problem = f"scores of dtype {scores.dtype}, expected a floating-point dtype"
-        elif scores.device != device:
-            problem = f"scores on device {scores.device}, expected the tokens' device {device}"
-        if problem:
-            raise PluginError(f"{what} returned {problem} for {where}")
-        bad = int((~torch.isfinite(scores)).sum())
-        if bad:
-            raise NumericalError(f"{what} returned {bad} non-finite scores (NaN or inf) of {n} for {where}, whose "
-                                 f"tokens are finite; nothing was selected")
-        return scores
-
-    def _choose(self, scores: torch.Tensor | None, tokens: ImageTokens, k: int, ctx: Context) -> Any:
-        """The selector's output for one entry (checked by the caller); its own exceptions are named."""
-        try:
-            chosen = self.selector.select(scores, tokens, k, ctx)
-        except ZopruneError:
-            raise
-        except Exception as error:
-            raise PluginError(f"{_origin('selector', self.selector)} failed on {entry_name(tokens)}: "
-                              f"{type(error).__name__}: {error}") from error
-        if not isinstance(chosen, (torch.Tensor, Merge)):
-            raise PluginError(f"{_origin('selector', self.selector)} returned a {type(chosen).__name__} for "
-                              f"{entry_name(tokens)}; expected a tensor of indices"
-                              + (" or a Merge" if self.selector.merges else ""))
-        return chosen
+    def _selected(self, inputs: dict[str, Any]
+                  ) -> tuple[list[ImageTokens], list[Selection], list[torch.Tensor], list[torch.Tensor | None] | None]:
+        """Every entry's tokens, selections, kept indices (on the embeddings' device) and merged tokens (None when
+        no entry has any), nothing stored on ``self``."""
+        entry = self._extract_entry(inputs)
+        images = entry.images
+        if not images:
+            return [], [], [], None
+        selections = self._select(images, entry.scores)
+        kept = [s.kept.to(images[i].model_embeddings.device) for i, s in enumerate(selections)]
+        merged = None if all(s.merged is None for s in selections) else [s.merged for s in selections]
+        return images, selections, kept, merged
 
     def _prepare(self, inputs: dict[str, Any]) -> tuple[dict[str, Any], list[Selection]]:
         """The pruned model keyword arguments and the selections they hold (nothing stored on ``self``)."""
         if self.selector.stage == "in_llm":
             return dict(inputs), []
-        entry = self._extract_entry(inputs)
-        images = entry.images
+        images, selections, kept, merged = self._selected(inputs)
         if not images:  # text-only inputs: nothing to prune
             return dict(inputs), []
-        selections = self._select(images, entry.scores)
-        kept = [s.kept.to(images[i].model_embeddings.device) for i, s in enumerate(selections)]
-        if all(s.merged is None for s in selections):
+        if merged is None:
             return self.adapter.pruned_inputs(inputs, images, kept), selections
-        return self.adapter.pruned_inputs(inputs, images, kept, merged=[s.merged for s in selections]), selections
+        return self.adapter.pruned_inputs(inputs, images, kept, merged=merged), selections
+
+    @torch.no_grad()
+    def embed(self, **inputs: Any) -> list[PrunedEmbedding]:
+        """The pruned visual embeddings of every image in ``inputs``, without running the language model.
+
+        ``inputs`` are the processor's outputs, as for ``generate`` (the prompt is part of them, so a method that
+        looks at the question sees it). Returns one :class:`~zoprune.PrunedEmbedding` per image (or video), in the
+        order the model consumes them: its (k, d_l) embeddings in the model's dtype, exactly the rows ``generate``
+        feeds the language model for it, and the kept indices. ``last_selection`` is filled as by ``select``.
+        This is what a server that accepts image embeddings takes (see :mod:`zoprune.integrations.vllm`).
+
+        A selector that prunes inside the language model has no such embeddings: it is refused with a ConfigError.
+        """
+        if self.selector.stage == "in_llm":
+            raise ConfigError(f"selector {self.selector.name!r} prunes inside the language model (after its first "
+                              f"layers saw every token), so there are no pruned image embeddings to hand to a "
+                              f"server; use a method that prunes before the language model")
+        self.last_selection = []
+        images, selections, kept, merged = self._selected(inputs)
+        embeddings = self.adapter.pruned_embeddings(images, kept, merged) if images else []
+        self.last_selection = selections
+        return embeddings
 
     @torch.no_grad()
     def prepare(self, **inputs: Any) -> dict[str, Any]:
@@ -397,6 +368,79 @@ class PrunedModel:
             return sequences
         output.sequences = sequences
         return output
+
+
+def select_entry(scorer: Scorer | None, selector: Selector, tokens: ImageTokens, k: int, seed: int,
+                 scores: torch.Tensor | None = None, adapter: ModelAdapter | str = "adapter",
+                 stage: str = "pre_llm") -> tuple[Selection, torch.Tensor | None]:
+    """Score (unless ``scores`` are given) and select k of one entry's tokens, checked, with a generator seeded
+    afresh from ``seed``: what a pipeline does per image, usable on tokens that did not come from an adapter (a
+    serving engine's tensors, see :mod:`zoprune.integrations.vllm`). Returns the selection and the scores.
+    ``adapter`` (or its name) and ``stage`` are for error messages."""
+    # a generator per image, seeded alike: an image's selection does not depend on its batch neighbours
+    ctx = Context(generator=torch.Generator(tokens.features.device).manual_seed(seed), dtype=tokens.features.dtype)
+    n = tokens.num_tokens
+    if not 1 <= k <= n:
+        origin = f"adapter {adapter!r}" if isinstance(adapter, str) else _origin("adapter", adapter)
+        raise PluginError(f"{origin} gave a budget of {k} tokens to an entry of {n}")
+    if k == n:  # nothing to prune: no scoring work either
+        return Selection(tokens.sample, tokens.image, n, torch.arange(n), None, tokens.grid), None
+    check_finite(tokens, stage)
+    if scores is None and scorer is not None:
+        scores = _score(scorer, tokens, ctx)
+    chosen = _choose(selector, scores, tokens, k, ctx)
+    merged = groups = None
+    if isinstance(chosen, Merge):
+        merged, groups = _check_merge(chosen, tokens, k, _origin("selector", selector))
+        chosen = chosen.kept
+    _check_kept(chosen, n, k - (merged.shape[0] if merged is not None else 0), _origin("selector", selector),
+                tokens)
+    return Selection(tokens.sample, tokens.image, n, chosen.to(torch.long), scores, tokens.grid, merged,
+                     groups), scores
+
+
+def _score(scorer: Scorer, tokens: ImageTokens, ctx: Context) -> torch.Tensor:
+    """The scorer's (N,) scores, checked: a plugin's bug or a NaN is named here, with the image."""
+    what, where = _origin("scorer", scorer), entry_name(tokens)
+    try:
+        scores = scorer.score(tokens, ctx)
+    except ZopruneError:
+        raise
+    except Exception as error:  # a plugin's own exception: say whose it is and on which image
+        raise PluginError(f"{what} failed on {where}: {type(error).__name__}: {error}") from error
+    n, device = tokens.num_tokens, tokens.features.device
+    problem = None
+    if not isinstance(scores, torch.Tensor):
+        problem = f"a {type(scores).__name__} instead of a tensor"
+    elif tuple(scores.shape) != (n,):
+        problem = f"scores of shape {tuple(scores.shape)}, expected ({n},)"
+    elif not scores.dtype.is_floating_point:
+        problem = f"scores of dtype {scores.dtype}, expected a floating-point dtype"
+    elif scores.device != device:
+        problem = f"scores on device {scores.device}, expected the tokens' device {device}"
+    if problem:
+        raise PluginError(f"{what} returned {problem} for {where}")
+    bad = int((~torch.isfinite(scores)).sum())
+    if bad:
+        raise NumericalError(f"{what} returned {bad} non-finite scores (NaN or inf) of {n} for {where}, whose "
+                             f"tokens are finite; nothing was selected")
+    return scores
+
+
+def _choose(selector: Selector, scores: torch.Tensor | None, tokens: ImageTokens, k: int, ctx: Context) -> Any:
+    """The selector's output for one entry (checked by the caller); its own exceptions are named."""
+    try:
+        chosen = selector.select(scores, tokens, k, ctx)
+    except ZopruneError:
+        raise
+    except Exception as error:
+        raise PluginError(f"{_origin('selector', selector)} failed on {entry_name(tokens)}: "
+                          f"{type(error).__name__}: {error}") from error
+    if not isinstance(chosen, (torch.Tensor, Merge)):
+        raise PluginError(f"{_origin('selector', selector)} returned a {type(chosen).__name__} for "
+                          f"{entry_name(tokens)}; expected a tensor of indices"
+                          + (" or a Merge" if selector.merges else ""))
+    return chosen
 
 
 def entry_name(tokens: ImageTokens) -> str:

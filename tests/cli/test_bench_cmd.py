@@ -90,6 +90,15 @@ def test_config_files_are_labelled_by_their_stem():
     assert method_label("zoo") == "zoo" and method_label("none+divprune") == "none+divprune"
 
 
+def test_bench_takes_registered_method_names():
+    from zoprune.bench.speed import method_config
+
+    assert method_config("zoo-prune-fast", 64) == {"scorer": "jacobian_norm", "selector": "coverage", "budget": 64,
+                                                  "seed": 0}
+    assert method_config("jacobian", 8, seed=3) == {"scorer": "jacobian_norm", "selector": "coverage", "budget": 8,
+                                                    "seed": 3}
+
+
 def test_method_config_forms(tmp_path):
     assert method_config("zoo", 64)["scorer"] == "zo_sensitivity"
     assert method_config("none+divprune", 8) == {"scorer": None, "selector": "divprune", "budget": 8, "seed": 0}

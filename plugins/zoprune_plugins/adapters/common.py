@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from zoprune import Budget, ImageTokens, InputError
+from zoprune import Budget, ImageTokens, InputError, PrunedEmbedding
 
 
 @dataclass(eq=False)
@@ -89,6 +89,28 @@ def kept_per_input(images: list[ViewTokens], kept: list[torch.Tensor]) -> list[t
             masks[id(source)] = (source, source.always.clone())
         masks[id(source)][1][tokens.packed[indices.to(tokens.packed.device)]] = True
     return sorted(masks.values(), key=lambda pair: (pair[0].kind, pair[0].index))
+
+
+def pruned_per_input(images: list[ViewTokens], kept: list[torch.Tensor],
+                     merged: list[torch.Tensor | None] | None = None) -> list[PrunedEmbedding]:
+    """Per input, in the model's order, the rows its placeholders receive after pruning: its kept embeddings
+    (``always`` positions included) and then its entries' merged tokens in entry order, as ``encoder_outputs`` and
+    ``append_merged`` place them."""
+    extra: dict[int, list[torch.Tensor]] = {}
+    first: dict[int, ViewTokens] = {}
+    for tokens, tokens_merged in zip(images, merged if merged is not None else [None] * len(images)):
+        first.setdefault(id(tokens.source), tokens)
+        if tokens_merged is not None:
+            extra.setdefault(id(tokens.source), []).append(tokens_merged)
+    out = []
+    for source, keep in kept_per_input(images, kept):
+        keep = keep.to(source.embeddings.device)
+        rows = source.embeddings[keep]  # (k - M, d_l)
+        added = torch.cat(extra[id(source)]).to(rows.device) if id(source) in extra else rows[:0]  # (M, d_l)
+        entry = first[id(source)]
+        out.append(PrunedEmbedding(entry.sample, entry.image, source.kind, torch.cat([rows, added]),
+                                   keep.nonzero().squeeze(-1), keep.numel(), added.shape[0]))
+    return out
 
 
 def drop_mask(input_ids: torch.Tensor, inputs: list[tuple[VisualInput, torch.Tensor]]) -> torch.Tensor:

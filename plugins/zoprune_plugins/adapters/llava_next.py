@@ -37,10 +37,11 @@ from pydantic import Field
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
 
-from zoprune import Budget, ComponentConfig, ImageTokens, InputError, UnsupportedModelError, hookimpl
-from zoprune_plugins.adapters.common import (ViewTokens, VisualInput, assign_to_prompts, drop_columns, drop_mask,
-                                             encoder_outputs, kept_per_input, pad_token_id, placeholder_columns,
-                                             placeholder_counts, require_input_ids, shared_budgets, strip)
+from zoprune import Budget, ComponentConfig, ImageTokens, InputError, PrunedEmbedding, UnsupportedModelError, hookimpl
+from zoprune_plugins.adapters.common import (ViewTokens, VisualInput, assign_to_prompts, drop_columns,
+                                             drop_mask, encoder_outputs, kept_per_input, pad_token_id,
+                                             placeholder_columns, placeholder_counts, pruned_per_input,
+                                             require_input_ids, shared_budgets, strip)
 from zoprune_plugins.adapters.llava import LlavaAdapter, tokens_per_image
 from zoprune_plugins.adapters.llm_pruning import ImageColumns
 
@@ -168,6 +169,10 @@ class LlavaNextAdapter(LlavaAdapter):
         pruned.update(drop_columns(per_token, drop_mask(input_ids, per_input), pad_id=pad_token_id(self.model)))
         pruned["mm_encoder_outputs"] = outputs
         return pruned
+
+    def pruned_embeddings(self, images: list[ImageTokens], kept: list[torch.Tensor],
+                          merged: list[torch.Tensor | None] | None = None) -> list[PrunedEmbedding]:
+        return pruned_per_input(images, kept, merged)
 
     def llm_columns(self, inputs: dict[str, Any], input_ids: torch.Tensor
                     ) -> tuple[list[ImageColumns], torch.Tensor | None, torch.Tensor | None]:

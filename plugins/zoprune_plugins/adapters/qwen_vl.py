@@ -41,11 +41,11 @@ from pydantic import Field
 from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDeepstackFeatures
 from transformers.vision_utils import get_vision_window_index
 
-from zoprune import Budget, ComponentConfig, ImageTokens, ModelAdapter, UnsupportedModelError, hookimpl
-from zoprune_plugins.adapters.common import (ViewTokens, VisualInput, assign_to_prompts, drop_columns, drop_mask,
-                                             encoder_outputs, kept_per_input, number_in_prompt, pad_token_id,
-                                             placeholder_columns, placeholder_counts, require_input_ids,
-                                             shared_budgets, strip)
+from zoprune import Budget, ComponentConfig, ImageTokens, ModelAdapter, PrunedEmbedding, UnsupportedModelError, hookimpl
+from zoprune_plugins.adapters.common import (ViewTokens, VisualInput, assign_to_prompts, drop_columns,
+                                             drop_mask, encoder_outputs, kept_per_input, number_in_prompt,
+                                             pad_token_id, placeholder_columns, placeholder_counts,
+                                             pruned_per_input, require_input_ids, shared_budgets, strip)
 from zoprune_plugins.adapters.llm_pruning import ImageColumns, inside_language_model
 
 _VISION_KEYS = ("pixel_values", "pixel_values_videos", "image_grid_thw", "video_grid_thw", "second_per_grid_ts",
@@ -200,6 +200,10 @@ class Qwen2VLAdapter(ModelAdapter):
     def encoder_outputs(self, per_input: list[tuple[VisualInput, torch.Tensor]]) -> dict[str, Any]:
         """``mm_encoder_outputs`` of the kept tokens (see ``common.encoder_outputs``)."""
         return encoder_outputs(per_input)
+
+    def pruned_embeddings(self, images: list[ImageTokens], kept: list[torch.Tensor],
+                          merged: list[torch.Tensor | None] | None = None) -> list[PrunedEmbedding]:
+        return pruned_per_input(images, kept, merged)
 
     def inside_llm(self, inputs: dict[str, Any], layer: int,
                    select: Callable[[list[ImageTokens]], list[torch.Tensor]], dtype: torch.dtype) -> Any:

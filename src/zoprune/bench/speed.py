@@ -98,11 +98,15 @@ def build_inputs(shapes: Shapes, seed: int = 0, device: str = "cpu") -> dict[str
 
 
 def method_config(method: str, budget: int, seed: int = 0) -> dict[str, Any]:
-    """A pipeline config from a method: an alias, ``scorer+selector`` (``none+divprune``) or a config file."""
+    """A pipeline config from a method: an alias, a registered method (``zoo-prune-fast``), ``scorer+selector``
+    (``none+divprune``) or a config file."""
     from zoprune.config import read_config_file
+    from zoprune.registry import get_registry
 
     method = METHOD_ALIASES.get(method, method)
-    if "+" in method:
+    if method in get_registry().methods:
+        data = dict(get_registry().method(method).config)
+    elif "+" in method:
         scorer, selector = method.split("+", 1)
         data: dict[str, Any] = {"scorer": None if scorer == "none" else scorer, "selector": selector}
     else:

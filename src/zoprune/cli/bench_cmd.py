@@ -22,7 +22,8 @@ def bench(
                                     "(0.5B LM in full) or tiny"),
     methods: str = typer.Option("zoo,jacobian", "--methods",
                                 help="comma-separated: aliases (zoo, jacobian, divprune, random, norm), "
-                                     "scorer+selector (none+divprune) or config files"),
+                                     "method names (zoo-prune-fast), scorer+selector (none+divprune) or "
+                                     "config files"),
     budgets: str = typer.Option("64", "--budgets", help="comma-separated visual tokens kept per image"),
     layers: int | None = typer.Option(None, "--layers", min=1, help="decoder layers built (default: preset's)"),
     new_tokens: int = typer.Option(8, "--new-tokens", min=2, help="tokens generated per run"),
