@@ -3,6 +3,9 @@ pieces that need no vLLM: k(N, budget) against what the adapters keep, M-RoPE po
 
 from __future__ import annotations
 
+import base64
+import io
+
 import pytest
 import torch
 
@@ -64,7 +67,8 @@ def test_chat_request_carries_each_image_as_an_image_embeds_part():
     assert parts[-1]["text"] == "What is shown?"
     for part, tensor in zip(parts, embeddings):
         assert set(part) == {"type", "image_embeds"} and isinstance(part["image_embeds"], str)
-        decoded = vllm.decode_embeddings(part["image_embeds"])  # torch.load(weights_only=True), as vLLM reads it
+        # read as vLLM's ImageEmbeddingMediaIO.load_base64 reads it (the library itself never calls torch.load)
+        decoded = torch.load(io.BytesIO(base64.b64decode(part["image_embeds"], validate=True)), weights_only=True)
         assert decoded.dtype == torch.bfloat16 and torch.equal(decoded, tensor)
 
 

@@ -101,11 +101,6 @@ def encode_embeddings(tensor: torch.Tensor) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def decode_embeddings(text: str) -> torch.Tensor:
-    """The tensor :func:`encode_embeddings` encoded (read the way vLLM reads it)."""
-    return torch.load(io.BytesIO(base64.b64decode(text, validate=True)), weights_only=True)
-
-
 def chat_messages(question: str, embeds: Sequence[PrunedEmbedding | torch.Tensor]) -> list[dict[str, Any]]:
     """OpenAI-API messages for ``vllm serve --enable-mm-embeds``: one user turn with an
     ``{"type": "image_embeds", "image_embeds": BASE64}`` content part per image, then the question as text.
