@@ -12,7 +12,7 @@ from zoprune.cli.loading import load_image, load_model, pipeline_config, prompt_
 from zoprune.errors import ZopruneError
 
 
-@app.command()
+@app.command(short_help="Pruned image embeddings for a server (vLLM).")
 @friendly_errors
 def embed(
     image: List[Path] = typer.Option(..., "--image", help="image file; repeat for several images in one prompt"),
