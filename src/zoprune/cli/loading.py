@@ -63,8 +63,6 @@ def load_model(name_or_path: str | None, dtype: str = "float32", device: str = "
 
     Code shipped with a checkpoint (``auto_map`` in its config) never runs unless ``trust_remote_code`` is True;
     the commands have no option that sets it (docs/security.md)."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
     name_or_path = name_or_path or default_model()
     if name_or_path is None:
         raise ZopruneError("no --model given and no shipped default model is installed")
@@ -73,15 +71,26 @@ def load_model(name_or_path: str | None, dtype: str = "float32", device: str = "
     if dtype not in DTYPES:
         raise ZopruneError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
     check_device(device)
-    kwargs: dict[str, Any] = {"dtype": DTYPES[dtype], "trust_remote_code": trust_remote_code}
+    model, processor = from_pretrained(name_or_path, f"model {name_or_path!r}", dtype=DTYPES[dtype],
+                                       attn_implementation=attn_implementation, trust_remote_code=trust_remote_code)
+    return model.to(device), processor
+
+
+def from_pretrained(name_or_path: str, label: str, attn_implementation: str | None = None,
+                    trust_remote_code: bool = False, **model_kwargs: Any) -> tuple[Any, Any]:
+    """``(model in eval mode, processor)`` through transformers' Auto classes; a ZopruneError says which ``label``
+    could not be loaded. ``model_kwargs`` (dtype, device_map) go to the model's ``from_pretrained``."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
     if attn_implementation:
-        kwargs["attn_implementation"] = attn_implementation
+        model_kwargs["attn_implementation"] = attn_implementation
     try:
         processor = AutoProcessor.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-        model = AutoModelForImageTextToText.from_pretrained(name_or_path, **kwargs)
+        model = AutoModelForImageTextToText.from_pretrained(name_or_path, trust_remote_code=trust_remote_code,
+                                                            **model_kwargs)
     except (OSError, ValueError) as error:
-        raise ZopruneError(f"could not load model {name_or_path!r}: {error}") from None
-    return model.to(device).eval(), processor
+        raise ZopruneError(f"could not load {label}: {error}") from None
+    return model.eval(), processor
 
 
 def load_image(path: str | Path):

@@ -33,7 +33,7 @@ except ImportError as error:  # pragma: no cover - depends on the environment
 import torch
 
 from zoprune.config import PipelineConfig
-from zoprune.errors import ConfigError, InputError, ZopruneError
+from zoprune.errors import ConfigError, InputError
 from zoprune.pipeline import PrunedModel, prune, resolve_config
 
 #: ``method=unpruned``: the reference run, every visual token kept (exactly the stock model's outputs)
@@ -285,18 +285,11 @@ def _visuals(doc_to_visual: Any, doc: dict[str, Any], task: str, doc_id: int) ->
 
 def _load(pretrained: str | None, dtype: Any, attn_implementation: str | None, device_map: str,
           trust_remote_code: bool) -> tuple[Any, Any]:
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from zoprune.cli.loading import from_pretrained
 
     if pretrained is None:
         from zoprune.shapes.model import default_model_path
 
         pretrained = str(default_model_path())
-    kwargs: dict[str, Any] = {"dtype": dtype, "device_map": device_map, "trust_remote_code": trust_remote_code}
-    if attn_implementation:
-        kwargs["attn_implementation"] = attn_implementation
-    try:
-        processor = AutoProcessor.from_pretrained(pretrained, trust_remote_code=trust_remote_code)
-        model = AutoModelForImageTextToText.from_pretrained(pretrained, **kwargs)
-    except (OSError, ValueError) as error:
-        raise ZopruneError(f"could not load pretrained={pretrained!r}: {error}") from None
-    return model.eval(), processor
+    return from_pretrained(pretrained, f"pretrained={pretrained!r}", attn_implementation, trust_remote_code,
+                           dtype=dtype, device_map=device_map)
