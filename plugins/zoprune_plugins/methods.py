@@ -29,6 +29,9 @@ METHODS: dict[str, tuple[dict, str]] = {
                   "VisPruner: top [CLS]-attention tokens + the least duplicated of the rest"),
     "zo-mmr": ({"scorer": "zo_sensitivity", "selector": "mmr"},
                "ZO sensitivity with maximal-marginal-relevance selection (lambda = 0.5)"),
+    "holov": ({"scorer": "cls_attention", "selector": "holov"},
+              "HoloV: the budget split over 16 raster crops by [CLS] attention x similarity variance"),
+    "pool": ({"scorer": None, "selector": "pool"}, "adaptive average pooling of the patch grid to k cells: a floor"),
     "random": ({"scorer": None, "selector": "random"}, "random tokens (seeded): the floor"),
     "uniform": ({"scorer": None, "selector": "uniform"}, "a regular grid over the patches: the floor"),
 }
