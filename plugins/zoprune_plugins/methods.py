@@ -32,6 +32,8 @@ METHODS: dict[str, tuple[dict, str]] = {
     "holov": ({"scorer": "cls_attention", "selector": "holov"},
               "HoloV: the budget split over 16 raster crops by [CLS] attention x similarity variance"),
     "pool": ({"scorer": None, "selector": "pool"}, "adaptive average pooling of the patch grid to k cells: a floor"),
+    "downsample": ({"scorer": None, "selector": "downsample"},
+                   "the image shrunk before the vision tower to about k tokens (Qwen2-VL / 2.5-VL only): a floor"),
     "random": ({"scorer": None, "selector": "random"}, "random tokens (seeded): the floor"),
     "uniform": ({"scorer": None, "selector": "uniform"}, "a regular grid over the patches: the floor"),
 }

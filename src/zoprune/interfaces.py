@@ -158,6 +158,9 @@ class Selector(ABC):
     requires: frozenset[str] = frozenset()
     """Extra signals the adapter must put in ``ImageTokens.extras`` for ``select`` (as ``Scorer.requires``); a plain
     attribute, so a selector may make it a property of its config."""
+    resizes_images: ClassVar[bool] = False
+    """Whether the pipeline first shrinks every image so that the vision tower emits about k tokens for it
+    (``ModelAdapter.downsample``), and ``select`` then picks k of those (the ``downsample`` baseline)."""
     stage: ClassVar[Literal["pre_llm", "in_llm"]] = "pre_llm"
     """Where the selection runs. "pre_llm": on the vision tokens, before the language model sees them (the adapter's
     ``extract`` / ``pruned_inputs``). "in_llm": inside the language model, after its first layers ran on every
@@ -195,6 +198,8 @@ class ModelAdapter(ABC):
     """The extra signals this adapter can provide to scorers (see ``Scorer.requires``)."""
     places_merged: ClassVar[bool] = False
     """Whether ``pruned_inputs`` accepts ``merged`` tokens (from selectors that return a :class:`Merge`)."""
+    resizes_images: ClassVar[bool] = False
+    """Whether :meth:`downsample` can shrink images (families whose vision tower takes any resolution)."""
 
     def __init__(self, model: torch.nn.Module, config: ComponentConfig | None = None):
         self.model = model
@@ -229,6 +234,15 @@ class ModelAdapter(ABC):
         ``embeddings`` cast to ``dtype`` and ``model_embeddings`` exactly as the model computes them.
         ``extras`` names the signals scorers asked for.
         """
+
+    def downsample(self, inputs: dict[str, Any], keep: int) -> dict[str, Any]:
+        """``inputs`` with every image resized, before the vision tower, so that the tower emits about ``keep``
+        tokens for it: the fewest at the image's aspect ratio that are at least ``keep`` (images already that small
+        stay as they are). Placeholders and every per-token input follow. Only adapters with ``resizes_images``
+        implement it; a fixed-resolution encoder cannot emit fewer tokens for a smaller image."""
+        from zoprune.errors import ConfigError
+
+        raise ConfigError(f"adapter {self.name!r} cannot resize images before its vision tower")
 
     def token_budgets(self, budget: Any, images: list[ImageTokens]) -> list[int]:
         """How many tokens each entry of ``images`` keeps under ``budget`` (a :class:`zoprune.Budget`).

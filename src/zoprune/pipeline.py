@@ -215,7 +215,7 @@ class PrunedModel:
         if self.selector.stage == "in_llm":  # the selection needs the language model's first layers
             self(**inputs)
             return self.last_selection
-        entry = self._extract_entry(inputs)
+        entry = self._extract_entry(self._resized(inputs))
         selections = self._select(entry.images, entry.scores)
         self.last_selection = selections
         return selections
@@ -276,10 +276,19 @@ class PrunedModel:
         merged = None if all(s.merged is None for s in selections) else [s.merged for s in selections]
         return images, selections, kept, merged
 
+    def _resized(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """``inputs`` with the images shrunk to about the budget's tokens, for a selector with ``resizes_images``
+        (the adapter's ``downsample``); otherwise ``inputs`` themselves."""
+        if not self.selector.resizes_images:
+            return inputs
+        check_inputs(inputs)
+        return self.adapter.downsample(inputs, self.config.budget.keep)
+
     def _prepare(self, inputs: dict[str, Any]) -> tuple[dict[str, Any], list[Selection]]:
         """The pruned model keyword arguments and the selections they hold (nothing stored on ``self``)."""
         if self.selector.stage == "in_llm":
             return dict(inputs), []
+        inputs = self._resized(inputs)
         images, selections, kept, merged = self._selected(inputs)
         if not images:  # text-only inputs: nothing to prune
             return dict(inputs), []
@@ -304,7 +313,7 @@ class PrunedModel:
                               f"layers saw every token), so there are no pruned image embeddings to hand to a "
                               f"server; use a method that prunes before the language model")
         self.last_selection = []
-        images, selections, kept, merged = self._selected(inputs)
+        images, selections, kept, merged = self._selected(self._resized(inputs))
         embeddings = self.adapter.pruned_embeddings(images, kept, merged) if images else []
         self.last_selection = selections
         return embeddings
@@ -582,9 +591,25 @@ def prune(model: torch.nn.Module, config: PipelineConfig | dict | str | Path | N
     if selector.merges and not adapter.places_merged:
         raise ConfigError(f"selector {selector.name!r} merges tokens, and adapter {adapter.name!r} cannot place "
                           f"merged tokens in the prompt; use a selector that only keeps tokens")
+    if selector.resizes_images:
+        _check_resizable(selector, adapter, config)
     if selector.merges and selector.stage == "in_llm":
         raise ConfigError(f"selector {selector.name!r}: merging inside the language model is not supported")
     return PrunedModel(model, config, adapter, scorer, selector)
+
+
+def _check_resizable(selector: Selector, adapter: ModelAdapter, config: PipelineConfig) -> None:
+    if not adapter.resizes_images:
+        raise ConfigError(
+            f"selector {selector.name!r} shrinks each image so that the vision tower emits about k tokens, which "
+            f"needs an encoder that takes any resolution (Qwen2-VL, Qwen2.5-VL); adapter {adapter.name!r} feeds a "
+            f"fixed-resolution encoder (every image is resized to the same input size and becomes the same number "
+            f"of tokens, its position embeddings learned for that grid), so a smaller image would only be scaled "
+            f"back up. Use `pool` (average pooling of the patch grid to k tokens) instead")
+    if config.budget.keep is None:
+        raise ConfigError(f"selector {selector.name!r} needs a count budget (`budget: 64`): the image is shrunk "
+                          f"to about that many tokens before the vision tower, and a ratio of the shrunk image's "
+                          f"tokens would apply the budget twice")
 
 
 def _check_provided(kind: str, component: Scorer | Selector, adapter: ModelAdapter) -> None:

@@ -128,6 +128,8 @@ SELECTORS = {
     "fastv-text": {"query": "text"}, "scope": {}, "scope-sum": {"combine": "sum", "space": "embeddings"},
     "vispruner": {}, "vispruner-all-important": {"important_ratio": 1.0}, "mmr": {}, "mmr-diverse": {"lam": 0.0},
 }
+SELECTORS.update({"holov": {}, "holov-tiles": {"regions": "tiles", "crops": "auto", "space": "features"},
+                  "pool": {}, "pool-max": {"mode": "max", "space": "features"}, "downsample": {}})
 
 
 def test_the_property_covers_every_built_in_selector():

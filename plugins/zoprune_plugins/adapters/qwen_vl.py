@@ -41,7 +41,8 @@ from pydantic import Field
 from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDeepstackFeatures
 from transformers.vision_utils import get_vision_window_index
 
-from zoprune import Budget, ComponentConfig, ImageTokens, ModelAdapter, PrunedEmbedding, UnsupportedModelError, hookimpl
+from zoprune import (Budget, ComponentConfig, ImageTokens, InputError, ModelAdapter, PrunedEmbedding,
+                     UnsupportedModelError, hookimpl)
 from zoprune_plugins.adapters.common import (ViewTokens, VisualInput, assign_to_prompts, drop_columns,
                                              drop_mask, encoder_outputs, kept_per_input, number_in_prompt,
                                              pad_token_id, placeholder_columns, placeholder_counts,
@@ -162,6 +163,59 @@ class Qwen2VLAdapter(ModelAdapter):
     def token_budgets(self, budget: Budget, images: list[ImageTokens]) -> list[int]:
         return shared_budgets(budget, images, split=self.config.video_policy == "per_frame")
 
+    #: the tower takes any grid of whole 2x2 merge blocks (the ``downsample`` baseline); Qwen3-VL and GLM-4V are
+    #: not tested with it and set this False
+    resizes_images: ClassVar[bool] = True
+
+    def downsample(self, inputs: dict[str, Any], keep: int) -> dict[str, Any]:
+        """Every image (not videos) shrunk so that it has ``r x c`` merged tokens, ``r * c >= keep`` as small as its
+        aspect ratio allows (``downsampled_grid``): its pixels are put back together from the processor's patches,
+        resized with antialiased bilinear interpolation (an area average when shrinking) and cut into patches
+        again; ``image_grid_thw`` and the placeholders follow (each image's last placeholders are removed), and so
+        do the attention mask and ``mm_token_type_ids``. Normalisation is per channel and affine, so resizing the
+        normalised pixels equals normalising resized ones. The model's own rope positions are recomputed from the
+        new inputs (given ``position_ids`` / ``rope_deltas`` are dropped)."""
+        from zoprune_plugins.selectors.downsample import downsampled_grid
+
+        pixels, grid_thw = inputs.get("pixel_values"), inputs.get("image_grid_thw")
+        if pixels is None or grid_thw is None:
+            return inputs
+        input_ids = require_input_ids(inputs)
+        vision = self.model.config.vision_config
+        merge = self._inner.visual.spatial_merge_size
+        layout = (vision.in_channels, vision.temporal_patch_size, vision.patch_size, merge)
+        sizes = grid_thw.prod(-1).tolist()
+        if pixels.ndim != 2 or sum(sizes) != pixels.shape[0]:
+            raise InputError(f"`pixel_values` of shape {tuple(pixels.shape)} does not hold the {sum(sizes)} patches "
+                             f"`image_grid_thw` describes; build inputs with the model's processor")
+        lengths = [t * h * w // merge ** 2 for t, h, w in grid_thw.tolist()]
+        counts = placeholder_counts(input_ids, self.model.config.image_token_id, "image", True,
+                                    "`pixel_values` and `image_grid_thw`")
+        owners = assign_to_prompts(counts, lengths, "image")
+        columns = placeholder_columns(input_ids, self.model.config.image_token_id, owners, lengths)
+        drop = torch.zeros_like(input_ids, dtype=torch.bool)
+        new_pixels, new_grid = [], []
+        for patches, (t, h, w), owner, cols in zip(pixels.split(sizes), grid_thw.tolist(), owners, columns):
+            r, c = downsampled_grid(h // merge, w // merge, keep)
+            if (r, c) == (h // merge, w // merge):
+                new_pixels.append(patches)
+                new_grid.append([t, h, w])
+                continue
+            image = unpatchify(patches, t, h, w, layout)  # (t * T, C, h * P, w * P)
+            size = (r * merge * vision.patch_size, c * merge * vision.patch_size)
+            small = torch.nn.functional.interpolate(image.float(), size=size, mode="bilinear", antialias=True,
+                                                    align_corners=False).to(patches.dtype)
+            new_pixels.append(patchify(small, t, layout))
+            new_grid.append([t, r * merge, c * merge])
+            drop[owner, cols[t * r * c:]] = True  # the image's last placeholders go
+        per_token = {key: value for key, value in inputs.items() if key in ("input_ids", "attention_mask",
+                                                                             "mm_token_type_ids")}
+        out = {key: value for key, value in inputs.items() if key not in ("position_ids", "rope_deltas")}
+        out.update(drop_columns(per_token, drop, pad_id=pad_token_id(self.model)))
+        out["pixel_values"] = torch.cat(new_pixels)
+        out["image_grid_thw"] = torch.tensor(new_grid, dtype=grid_thw.dtype, device=grid_thw.device)
+        return out
+
     def rope_positions(self, inputs: dict[str, Any]) -> torch.Tensor:
         """The 3-D rotary positions of the unpruned prompt, (3, B, L), from the model's own ``get_rope_index``."""
         input_ids = inputs["input_ids"]
@@ -241,6 +295,23 @@ class Qwen2VLAdapter(ModelAdapter):
         return number_in_prompt(found)
 
 
+def unpatchify(patches: torch.Tensor, t: int, h: int, w: int, layout: tuple[int, int, int, int]) -> torch.Tensor:
+    """The processor's patches of one image, (t*h*w, C*T*P*P) in merge-block order, back to pixels
+    (t*T, C, h*P, w*P). ``layout`` = (C, T, P, merge): channels, temporal patch size, patch size, merge size."""
+    channels, temporal, patch, merge = layout
+    blocks = patches.reshape(t, h // merge, w // merge, merge, merge, channels, temporal, patch, patch)
+    # -> (t, T, C, block row, row in block, pixel row, block col, col in block, pixel col)
+    return blocks.permute(0, 6, 5, 1, 3, 7, 2, 4, 8).reshape(t * temporal, channels, h * patch, w * patch)
+
+
+def patchify(pixels: torch.Tensor, t: int, layout: tuple[int, int, int, int]) -> torch.Tensor:
+    """The inverse of :func:`unpatchify`: pixels (t*T, C, H, W) -> patches (t*h*w, C*T*P*P), h = H/P, w = W/P."""
+    channels, temporal, patch, merge = layout
+    height, width = pixels.shape[-2] // patch, pixels.shape[-1] // patch
+    grid = pixels.reshape(t, temporal, channels, height // merge, merge, patch, width // merge, merge, patch)
+    return grid.permute(0, 3, 6, 4, 7, 2, 1, 5, 8).reshape(t * height * width, channels * temporal * patch * patch)
+
+
 class Qwen2_5_VLAdapter(Qwen2VLAdapter):
     """Qwen2.5-VL: as Qwen2-VL, but the tower computes in window order (windowed attention) and returns its patch
     features that way; the merged output is put back in raster order, and so are the features here."""
@@ -288,6 +359,7 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
 
     name = "qwen3_vl"
     hook_point_exact = False
+    resizes_images = False
     model_classes = ("Qwen3VLForConditionalGeneration", "Qwen3VLMoeForConditionalGeneration",
                      "Qwen3_5ForConditionalGeneration", "Qwen3_5MoeForConditionalGeneration")
 
@@ -318,6 +390,7 @@ class Glm4vAdapter(Qwen2VLAdapter):
     handed to scorers is the merger itself."""
 
     name = "glm4v"
+    resizes_images = False
     hook_point_exact = False
     model_classes = ("Glm4vForConditionalGeneration", "Glm4vMoeForConditionalGeneration")
 
