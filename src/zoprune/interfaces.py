@@ -200,6 +200,11 @@ class ModelAdapter(ABC):
     """Whether ``pruned_inputs`` accepts ``merged`` tokens (from selectors that return a :class:`Merge`)."""
     resizes_images: ClassVar[bool] = False
     """Whether :meth:`downsample` can shrink images (families whose vision tower takes any resolution)."""
+    why_no_resize: ClassVar[str] = (
+        "feeds a fixed-resolution encoder (every image is resized to the same input size and becomes the same "
+        "number of tokens, its position embeddings learned for that grid), so a smaller image would only be scaled "
+        "back up")
+    """Why :meth:`downsample` is not available, for the ConfigError (when ``resizes_images`` is False)."""
 
     def __init__(self, model: torch.nn.Module, config: ComponentConfig | None = None):
         self.model = model

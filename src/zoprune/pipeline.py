@@ -602,10 +602,8 @@ def _check_resizable(selector: Selector, adapter: ModelAdapter, config: Pipeline
     if not adapter.resizes_images:
         raise ConfigError(
             f"selector {selector.name!r} shrinks each image so that the vision tower emits about k tokens, which "
-            f"needs an encoder that takes any resolution (Qwen2-VL, Qwen2.5-VL); adapter {adapter.name!r} feeds a "
-            f"fixed-resolution encoder (every image is resized to the same input size and becomes the same number "
-            f"of tokens, its position embeddings learned for that grid), so a smaller image would only be scaled "
-            f"back up. Use `pool` (average pooling of the patch grid to k tokens) instead")
+            f"needs an encoder that takes any resolution (Qwen2-VL, Qwen2.5-VL); adapter {adapter.name!r} "
+            f"{adapter.why_no_resize}. Use `pool` (average pooling of the patch grid to k tokens) instead")
     if config.budget.keep is None:
         raise ConfigError(f"selector {selector.name!r} needs a count budget (`budget: 64`): the image is shrunk "
                           f"to about that many tokens before the vision tower, and a ratio of the shrunk image's "

@@ -154,6 +154,8 @@ class GenericAdapter(ModelAdapter):
                      "DeepseekVLForConditionalGeneration")
     places_merged = True
     model_classes_only = False
+    why_no_resize = ("does not know how each family's processor lays out pixels (some take any resolution, others "
+                     "a fixed one), so it cannot shrink images")
 
     @property
     def _inner(self) -> torch.nn.Module:

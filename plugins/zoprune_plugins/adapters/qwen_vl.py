@@ -360,6 +360,7 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
     name = "qwen3_vl"
     hook_point_exact = False
     resizes_images = False
+    why_no_resize = "takes any resolution, but shrinking its images is not tested yet"
     model_classes = ("Qwen3VLForConditionalGeneration", "Qwen3VLMoeForConditionalGeneration",
                      "Qwen3_5ForConditionalGeneration", "Qwen3_5MoeForConditionalGeneration")
 
@@ -391,6 +392,7 @@ class Glm4vAdapter(Qwen2VLAdapter):
 
     name = "glm4v"
     resizes_images = False
+    why_no_resize = "takes any resolution, but shrinking its images is not tested yet"
     hook_point_exact = False
     model_classes = ("Glm4vForConditionalGeneration", "Glm4vMoeForConditionalGeneration")
 

@@ -73,6 +73,12 @@ def _reason(message: str) -> str:
         return "no pruning inside the LLM"
     if "cannot place merged tokens" in message:
         return "cannot place merged tokens"
+    if "fixed-resolution encoder" in message:
+        return "fixed-resolution encoder"
+    if "shrinking its images is not tested" in message:
+        return "not tested"
+    if "lays out pixels" in message:
+        return "pixel layout unknown"
     return re.split(r";| \(", message)[0]
 
 
