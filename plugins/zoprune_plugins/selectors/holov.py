@@ -1,6 +1,6 @@
-"""HoloV (Zou et al., "Don't Just Chase 'Highlighted Tokens'...: Holistic Visual Token Pruning", NeurIPS 2025) as a
-budget allocator around any scorer: the image's budget is split over spatial regions ("crops") by how salient and
-how varied each region is, and each region keeps its own highest-scored tokens.
+"""HoloV ("Don't Just Chase 'Highlighted Tokens' in MLLMs: Revisiting Visual Holistic Context Retention", NeurIPS
+2025, arXiv 2510.02912) as a budget allocator around any scorer: the image's budget is split over spatial regions
+("crops") by how salient and how varied each region is, and each region keeps its own highest-scored tokens.
 
 The rule, as the authors' code (``obananas/HoloV``, ``HoloV()`` in ``llava/model/utils.py``) computes it, with
 ``a`` = the scorer's scores (the paper: [CLS] attention, mean over heads) and ``x`` = the projected tokens:

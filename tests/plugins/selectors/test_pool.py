@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 import zoprune
 from zoprune import Context, ImageTokens, Merge
-from zoprune_plugins.selectors.pool import Pool, PoolConfig, band_layout, pool_tokens
+from zoprune_plugins.selectors.pool import Pool, PoolConfig, band_layout
 from tiny_models import llava_batch, tiny_llava
 
 
