@@ -282,6 +282,7 @@ class PrunedModel:
         if not self.selector.resizes_images:
             return inputs
         check_inputs(inputs)
+        _check_resizable(self.selector, self.adapter, self.config)  # at_budget twins may hold a ratio budget
         return self.adapter.downsample(inputs, self.config.budget.keep)
 
     def _prepare(self, inputs: dict[str, Any]) -> tuple[dict[str, Any], list[Selection]]:

@@ -90,8 +90,9 @@ def test_embed_returns_what_generate_feeds_the_language_model(family, method):
             finally:
                 hook.remove()
     except ConfigError as error:  # a method the family cannot run: for a stated reason only
-        assert name.startswith("qwen") and any(reason in str(error) for reason in (
-            "cannot place merged tokens", "cannot provide", "Linear-activation-Linear")), error
+        assert (name.startswith("qwen") and any(reason in str(error) for reason in (
+            "cannot place merged tokens", "cannot provide", "Linear-activation-Linear"))) or (
+            name.startswith("llava") and "fixed-resolution encoder" in str(error)), error
         return
     embedded = zoprune.prune(model, config).embed(**inputs)  # a separate pipeline: nothing is shared
 
@@ -104,6 +105,8 @@ def test_embed_returns_what_generate_feeds_the_language_model(family, method):
             fed = prefill_embeds[sample][prefill_ids[sample] == token_id]  # the rows the model received
             ours = [e.embeddings for e in embedded if e.sample == sample and e.kind == kind]
             assert torch.equal(torch.cat(ours) if ours else fed[:0], fed), (kind, sample)
+    if generating.selector.resizes_images:  # downsample: the rows come from the shrunk image, not the unpruned one
+        return
     unpruned = _unpruned(model, inputs)
     for kind in unpruned:
         mine = [e for e in embedded if e.kind == kind]

@@ -62,6 +62,9 @@ def eval_command(
             raise ZopruneError("--data is required with --model: the generated shapes set only suits the shipped "
                                "model")
 
+    if not method:  # the default set: leave out the methods this model cannot run, and say why
+        methods, left_out = runnable_methods(hf_model, methods)
+        notes += [f"{label} left out: {why}" for label, why in left_out]
     console.print(f"[bold]data:[/] {source}   [bold]methods:[/] {', '.join(methods)}   "
                   f"[bold]budgets:[/] {', '.join(map(str, budgets))}", highlight=False)
     for note in notes:
@@ -85,6 +88,23 @@ def eval_command(
     if plot:
         written.append(plot_results(results, out / "accuracy.png", title=f"accuracy on {source}"))
     console.print("wrote " + ", ".join(str(p) for p in written), highlight=False)
+
+
+def runnable_methods(model, methods: dict) -> tuple[dict, list[tuple[str, str]]]:
+    """The methods ``zoprune.prune`` accepts for ``model`` (building a pipeline runs nothing), and the others with
+    the first sentence of the reason (e.g. ``downsample`` on a fixed-resolution LLaVA)."""
+    import zoprune
+    from zoprune.errors import ConfigError, UnsupportedModelError
+
+    kept, left_out = {}, []
+    for label, config in methods.items():
+        try:
+            zoprune.prune(model, config)
+        except (ConfigError, UnsupportedModelError) as error:
+            left_out.append((label, str(error).split(". ")[0]))
+            continue
+        kept[label] = config
+    return kept, left_out
 
 
 def require_matplotlib() -> None:

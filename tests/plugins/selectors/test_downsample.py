@@ -131,3 +131,22 @@ def test_the_method_is_registered():
 
     _, config = resolve_method("downsample")
     assert config.selector.name == "downsample" and config.scorer is None
+
+
+def test_an_images_shrinking_does_not_depend_on_its_batch_neighbours():
+    model = tiny_qwen2_vl()
+    pictures = [picture(32, 48), picture(24, 24, seed=1)]
+    pruned = zoprune.prune(model, {"scorer": None, "selector": "downsample"}, budget=10)
+    together = pruned.select(**qwen_inputs(pictures))
+    alone = pruned.select(**qwen_inputs(pictures[1:]))
+    assert together[1].grid == alone[0].grid and torch.equal(together[1].kept, alone[0].kept)
+    with torch.no_grad():
+        rows_together = pruned.embed(**qwen_inputs(pictures))[1].embeddings
+        rows_alone = pruned.embed(**qwen_inputs(pictures[1:]))[0].embeddings
+    torch.testing.assert_close(rows_together, rows_alone)
+
+
+def test_a_ratio_budget_twin_is_refused_too():
+    pruned = zoprune.prune(tiny_qwen2_vl(), {"scorer": None, "selector": "downsample"}, budget=10)
+    with pytest.raises(ConfigError, match="count budget"):
+        pruned.at_budget(0.5).select(**qwen_inputs([picture(16, 16)]))
