@@ -198,6 +198,9 @@ class ModelAdapter(ABC):
     """The extra signals this adapter can provide to scorers (see ``Scorer.requires``)."""
     places_merged: ClassVar[bool] = False
     """Whether ``pruned_inputs`` accepts ``merged`` tokens (from selectors that return a :class:`Merge`)."""
+    merge_groups: ClassVar[bool] = False
+    """Whether ``pruned_inputs`` also takes ``groups`` next to ``merged``: per entry, the (N,) merged token each token
+    went into (-1: none), so that a merged token can be placed by its members (Qwen: their mean 3-D position)."""
     resizes_images: ClassVar[bool] = False
     """Whether :meth:`downsample` can shrink images (families whose vision tower takes any resolution)."""
     why_no_resize: ClassVar[str] = (

@@ -295,7 +295,8 @@ class PrunedModel:
             return dict(inputs), []
         if merged is None:
             return self.adapter.pruned_inputs(inputs, images, kept), selections
-        return self.adapter.pruned_inputs(inputs, images, kept, merged=merged), selections
+        extra = {"groups": [s.groups for s in selections]} if self.adapter.merge_groups else {}
+        return self.adapter.pruned_inputs(inputs, images, kept, merged=merged, **extra), selections
 
     @torch.no_grad()
     def embed(self, **inputs: Any) -> list[PrunedEmbedding]:

@@ -17,6 +17,10 @@ full prompt come from the model's own ``get_rope_index``, and the pruned call ge
 ``attention_mask``. ``generate`` continues every row from the last position + 1, exactly as it does unpruned, so
 the generated tokens sit where they would without pruning.
 
+**Merged tokens** (``pool``, ``visionzip``) go after their input's kept tokens, each at the rounded mean 3-D position
+of the tokens merged into it (``place_merged``). **Downsampling** (the ``downsample`` selector): ``downsample``
+shrinks each image's pixels before the tower to about the budget's tokens.
+
 **Budget.** The budget applies per image and per video. Videos have a policy (``adapter: {name: qwen2_vl,
 video_policy: per_video | per_frame}``): ``per_video`` (default) selects across all of a video's tokens at once
 (``grid`` = (t*rows, cols): the temporal slices stacked); ``per_frame`` emits one ImageTokens per temporal slice
@@ -230,25 +234,42 @@ class Qwen2VLAdapter(ModelAdapter):
             video_grid_thw=inputs.get("video_grid_thw"), attention_mask=inputs.get("attention_mask"), **extra)
         return positions
 
-    def pruned_inputs(self, inputs: dict[str, Any], images: list[ImageTokens],
-                      kept: list[torch.Tensor]) -> dict[str, Any]:
+    #: merged tokens (``pool``, ``visionzip``) go after their input's kept tokens, each at the mean 3-D rotary
+    #: position of the tokens it was merged from (rounded): a pooled cell sits at its centre
+    places_merged: ClassVar[bool] = True
+    merge_groups: ClassVar[bool] = True
+
+    def pruned_inputs(self, inputs: dict[str, Any], images: list[ImageTokens], kept: list[torch.Tensor],
+                      merged: list[torch.Tensor | None] | None = None,
+                      groups: list[torch.Tensor | None] | None = None) -> dict[str, Any]:
         input_ids = inputs["input_ids"]
         mask = inputs.get("attention_mask")
         if mask is None:  # positions with gaps and no mask would be read as packed sequences: always pass one
             mask = torch.ones_like(input_ids)
-        per_input = kept_per_input(images, kept)
-        per_token = {"input_ids": input_ids, "attention_mask": mask,
-                     "rope": self.rope_positions(inputs).permute(1, 2, 0)}  # rope: (B, L, 3)
+        per_input = slots = kept_per_input(images, kept)  # slots: placeholders that stay (kept + merged tokens)
+        rope = self.rope_positions(inputs).permute(1, 2, 0)  # (B, L, 3)
+        added: dict[int, torch.Tensor] = {}
+        if merged is not None and any(m is not None for m in merged):
+            if groups is None:
+                raise ValueError("merged tokens need their groups to be placed")  # the pipeline always gives them
+            slots, added, rope = place_merged(per_input, images, merged, groups, rope)
+        per_token = {"input_ids": input_ids, "attention_mask": mask, "rope": rope}
         if inputs.get("mm_token_type_ids") is not None:
             per_token["mm_token_type_ids"] = inputs["mm_token_type_ids"]
         pruned = strip(inputs, _VISION_KEYS)
-        short = drop_columns(per_token, drop_mask(input_ids, per_input), pad_id=pad_token_id(self.model))
+        short = drop_columns(per_token, drop_mask(input_ids, slots), pad_id=pad_token_id(self.model))
         rope = short.pop("rope").permute(2, 0, 1)  # (3, B, L')
         text = short["attention_mask"].long().cumsum(-1) - 1  # the text row generate builds, (B, L')
         text = text.masked_fill(short["attention_mask"] == 0, 0)
         pruned.update(short)
         pruned["position_ids"] = torch.cat([text[None], rope], dim=0)  # (4, B, L')
-        pruned["mm_encoder_outputs"] = self.encoder_outputs(per_input)
+        outputs = self.encoder_outputs(per_input)
+        if added:  # each input's merged rows after its kept ones, as ``pruned_embeddings`` lists them
+            for kind, output in outputs.items():
+                sources = [source for source, _ in per_input if source.kind == kind]
+                output.pooler_output = [torch.cat([rows, added[id(source)].to(rows)]) if id(source) in added
+                                        else rows for rows, source in zip(output.pooler_output, sources)]
+        pruned["mm_encoder_outputs"] = outputs
         return pruned
 
     def encoder_outputs(self, per_input: list[tuple[VisualInput, torch.Tensor]]) -> dict[str, Any]:
@@ -293,6 +314,41 @@ class Qwen2VLAdapter(ModelAdapter):
                     entry = ImageColumns(owners[i], 0, cols[v * size:(v + 1) * size], source=whole, view=v)
                     found.append((owners[i], int(cols[0]), entry))
         return number_in_prompt(found)
+
+
+def place_merged(per_input: list[tuple[VisualInput, torch.Tensor]], images: list[ImageTokens],
+                 merged: list[torch.Tensor | None], groups: list[torch.Tensor | None], rope: torch.Tensor
+                 ) -> tuple[list[tuple[VisualInput, torch.Tensor]], dict[int, torch.Tensor], torch.Tensor]:
+    """Room and positions for merged tokens: each input with merged tokens keeps M more placeholders (its first
+    dropped ones); the input's surviving placeholders, in order, get its kept tokens' own positions and then the
+    merged tokens', each the rounded mean of its members' positions in ``rope`` (B, L, 3). Returns the new keep
+    masks, the merged rows per input (by ``id`` of its VisualInput, entry order) and the new rope."""
+    placed: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+    for tokens, rows, group in zip(images, merged, groups):
+        if rows is None:
+            continue
+        source = tokens.source
+        members = group.to(rope.device)  # (N,)
+        inside = members >= 0
+        positions = rope[source.sample, source.columns[tokens.packed.to(source.columns.device)]].float()  # (N, 3)
+        sums = positions.new_zeros(rows.shape[0], 3).index_add_(0, members[inside], positions[inside])
+        counts = torch.bincount(members[inside], minlength=rows.shape[0]).clamp_min(1)[:, None]
+        placed.setdefault(id(source), []).append((rows, (sums / counts).round().to(rope.dtype)))
+    rope = rope.clone()
+    out, added = [], {}
+    for source, keep in per_input:
+        if id(source) not in placed:
+            out.append((source, keep))
+            continue
+        rows = torch.cat([r for r, _ in placed[id(source)]])  # (M, d_l)
+        where = torch.cat([p for _, p in placed[id(source)]])  # (M, 3)
+        keep = keep.to(source.columns.device).clone()
+        kept_positions = rope[source.sample, source.columns[keep]]  # (k - M, 3), before any is overwritten
+        keep[(~keep).nonzero().squeeze(-1)[:rows.shape[0]]] = True
+        rope[source.sample, source.columns[keep]] = torch.cat([kept_positions, where])
+        out.append((source, keep))
+        added[id(source)] = rows
+    return out, added, rope
 
 
 def unpatchify(patches: torch.Tensor, t: int, h: int, w: int, layout: tuple[int, int, int, int]) -> torch.Tensor:
@@ -359,6 +415,8 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
 
     name = "qwen3_vl"
     hook_point_exact = False
+    places_merged = False  # deepstack rows (Qwen3-VL) and GLM's merger are not defined for merged tokens
+    merge_groups = False
     resizes_images = False
     why_no_resize = "takes any resolution, but shrinking its images is not tested yet"
     model_classes = ("Qwen3VLForConditionalGeneration", "Qwen3VLMoeForConditionalGeneration",
@@ -391,6 +449,8 @@ class Glm4vAdapter(Qwen2VLAdapter):
     handed to scorers is the merger itself."""
 
     name = "glm4v"
+    places_merged = False  # deepstack rows (Qwen3-VL) and GLM's merger are not defined for merged tokens
+    merge_groups = False
     resizes_images = False
     why_no_resize = "takes any resolution, but shrinking its images is not tested yet"
     hook_point_exact = False

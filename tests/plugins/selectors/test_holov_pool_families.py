@@ -71,3 +71,34 @@ def test_pool_on_llava_next_global_pools_runs_of_the_packed_tokens():
     assert out.shape[1] == inputs["input_ids"].shape[1] + 2
     assert [s.num_kept for s in pruned.last_selection] == [10, 10, 10]
     assert all(s.grid is None for s in pruned.last_selection[:2])  # several views: no single grid
+
+
+@pytest.mark.parametrize("family", [tiny_qwen2_vl, tiny_qwen2_5_vl])
+def test_pool_on_qwen_places_each_cell_at_its_centre(family):
+    """Qwen's merged grid (rows, cols) is pooled in 2-D; each pooled token goes after the image's kept ones (none)
+    at the rounded mean 3-D rotary position of its cell's tokens, and the text keeps its unpruned positions."""
+    from tiny_families import IMAGE_TOKEN_ID, language_model_calls
+
+    model = family()
+    inputs = qwen_batch(model, [[7, 8]], [[("image", (1, 8, 12))]])  # a 4 x 6 grid of merged tokens
+    pruned = zoprune.prune(model, {"scorer": None, "selector": "pool"}, budget=6)  # 2 x 3 cells of 2 x 2 tokens
+    with language_model_calls(model) as calls:
+        out = pruned.generate(**inputs, **GREEDY)
+    assert out.shape[1] == inputs["input_ids"].shape[1] + 2
+    assert pruned.last_selection[0].grid == (4, 6) and pruned.last_selection[0].num_kept == 6
+    full = pruned.adapter.rope_positions(inputs)[:, 0]  # (3, L): the unpruned prompt's positions
+    image = (inputs["input_ids"][0] == IMAGE_TOKEN_ID).nonzero().squeeze(-1)  # (24,) columns, raster order
+    cells = full[:, image].T.reshape(2, 2, 3, 2, 3).permute(0, 2, 1, 3, 4).reshape(6, 4, 3)  # (cell, member, 3)
+    expected = cells.float().mean(dim=1).round().long()  # (6, 3)
+    prefill = calls[0]["position_ids"][1:, 0]  # (3, L'): the rope rows of the pruned prompt
+    pruned_ids = pruned.prepare(**inputs)["input_ids"][0]
+    slots = (pruned_ids == IMAGE_TOKEN_ID).nonzero().squeeze(-1)
+    assert torch.equal(prefill[:, slots].T, expected)
+    text = full[:, image[-1] + 1:]  # everything after the image keeps its unpruned positions
+    assert torch.equal(prefill[:, slots[-1] + 1:], text)
+    # and the rows are the pooled projector outputs of the grid
+    embedded = pruned.embed(**inputs)[0]
+    tokens = pruned.adapter.extract(inputs, pruned.adapter.projector(), torch.float32)[0]
+    grid = tokens.model_embeddings.reshape(4, 6, -1).permute(2, 0, 1)
+    torch.testing.assert_close(embedded.embeddings, F.adaptive_avg_pool2d(grid, (2, 3)).flatten(1).T.to(
+        embedded.embeddings.dtype))

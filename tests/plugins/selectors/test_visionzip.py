@@ -132,8 +132,17 @@ def test_features_similarity_and_errors(model):
         visionzip(model, 6, contextual=2, contextual_ratio=0.5)
     with pytest.raises(ConfigError, match="selector.contextual_ratio"):
         visionzip(model, 6, contextual_ratio=1.0)
-    with pytest.raises(ConfigError, match="cannot place merged tokens"):
-        zoprune.prune(tiny_qwen2_vl(), scorer="norm", selector={"name": "visionzip", "similarity": "features"})
+    from tiny_generic import tiny_qwen3_vl
+
+    with pytest.raises(ConfigError, match="cannot place merged tokens"):  # deepstack rows of merged tokens: undefined
+        zoprune.prune(tiny_qwen3_vl(), scorer="norm", selector={"name": "visionzip", "similarity": "features"})
+    qwen = zoprune.prune(tiny_qwen2_vl(), scorer="norm", selector={"name": "visionzip", "similarity": "features",
+                                                                   "contextual": 2}, budget=5)
+    from tiny_families import qwen_batch
+
+    qwen_inputs = qwen_batch(qwen.model, [[7]], [[("image", (1, 4, 6))]])
+    qwen.generate(**qwen_inputs, max_new_tokens=1, do_sample=False)  # Qwen places merged tokens (see test_pool)
+    assert qwen.last_selection[0].num_kept == 5 and qwen.last_selection[0].merged.shape[0] == 2
     with pytest.raises(ConfigError, match="vision_keys"):
         zoprune.prune(tiny_qwen2_vl(), scorer="norm", selector="visionzip")
 
