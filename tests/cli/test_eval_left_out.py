@@ -25,3 +25,16 @@ def test_default_eval_on_the_shipped_model_notes_what_it_left_out(tmp_path):
     assert "downsample left out: selector 'downsample' shrinks each image" in result.output
     methods = {row["method"] for row in json.loads((out / "results.json").read_text())}
     assert {"holov", "pool", "zoo-prune"} <= methods and "downsample" not in methods
+
+
+def test_run_with_the_new_methods(tiny_checkpoint, sample_image):
+    base = ["run", "--model", str(tiny_checkpoint), "--image", str(sample_image), "--prompt", "what colour ?",
+            "--keep", "4", "--max-new-tokens", "1"]
+    for method in ("holov", "pool", "zo_sensitivity+holov"):
+        result = CliRunner().invoke(app, [*base, "--method", method], env={"COLUMNS": "200"})
+        assert result.exit_code == 0, result.output
+        assert "visual tokens kept: 4 / 16" in result.output
+    result = CliRunner().invoke(app, [*base, "--method", "downsample"], env={"COLUMNS": "200"})
+    assert result.exit_code != 0
+    assert "fixed-resolution encoder" in result.output and "Use `pool`" in result.output
+    assert "Traceback" not in result.output

@@ -100,12 +100,16 @@ def test_every_selector_runs_on_every_family(family, selector):
         result = _run(model, inputs, 3, selector={"name": selector, "layer": 1})
     else:
         result = _run(model, inputs, 3, selector=selector)
-    if cls.merges and name.startswith("qwen"):  # Qwen's 3-D positions have no place for merged tokens
-        assert isinstance(result, ConfigError) and selector in str(result)
+    if cls.resizes_images and not name.startswith("qwen"):  # downsample: only Qwen's tower takes any resolution
+        assert isinstance(result, ConfigError) and "fixed-resolution encoder" in str(result)
+        return
+    if selector == "visionzip" and name.startswith("qwen"):  # its default key similarity: Qwen provides no keys
+        assert isinstance(result, ConfigError) and "vision_keys" in str(result)
         return
     assert not isinstance(result, ConfigError), result
     assert result and all(s.num_kept == 3 for s in result)
-    assert all(bool((s.kept[1:] > s.kept[:-1]).all()) and int(s.kept.max()) < s.num_tokens for s in result)
+    assert all(bool((s.kept[1:] > s.kept[:-1]).all()) and (not s.kept.numel() or int(s.kept.max()) < s.num_tokens)
+               for s in result)  # pool keeps no original token, only merged ones
 
 
 def _bf16_llava(attn):
