@@ -159,16 +159,14 @@ def holov_select(scores: torch.Tensor, rows: torch.Tensor, region: torch.Tensor,
         a = a - a.min()
     weights = region_scores(a, rows, region, alpha, beta)
     count = weights.numel()
-    budget = allocate(weights, torch.bincount(region, minlength=count), k)
+    sizes = torch.bincount(region, minlength=count)  # (R,)
+    budget = allocate(weights, sizes, k)
     order = torch.sort(a, descending=True, stable=True).indices  # (N,) best first
-    rank_in_region = torch.empty_like(order)  # position of each token among its region's, best first
-    ordered_region = region[order]
-    by_region = torch.sort(ordered_region, stable=True).indices  # tokens grouped by region, best first within
-    starts = torch.cumsum(torch.bincount(region, minlength=count), 0) - torch.bincount(region, minlength=count)
-    rank_in_region[order[by_region]] = torch.arange(order.numel(), device=order.device) - starts[
-        ordered_region[by_region]]
-    keep = rank_in_region < budget[region]
-    return keep.nonzero().squeeze(-1)
+    grouped = order[torch.sort(region[order], stable=True).indices]  # (N,) by region, best first within each
+    starts = torch.cumsum(sizes, 0) - sizes  # (R,) where each region's run begins in ``grouped``
+    rank = torch.empty_like(order)  # (N,) each token's place among its region's, best first
+    rank[grouped] = torch.arange(order.numel(), device=order.device) - starts[region[grouped]]
+    return (rank < budget[region]).nonzero().squeeze(-1)
 
 
 @hookimpl

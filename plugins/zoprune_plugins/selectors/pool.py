@@ -84,13 +84,13 @@ def pool_tokens(rows: torch.Tensor, grid: tuple[int, int] | None, k: int,
     image = rows.reshape(height, width, d).permute(2, 0, 1).float()  # (d, rows, cols)
     pool2d = F.adaptive_avg_pool2d if mode == "avg" else F.adaptive_max_pool2d
     layout = band_layout(grid, k)
+    bands = len(layout)
+    band_of_row = torch.arange(height, device=rows.device) * bands // height  # (rows,) floor(row * r / rows)
     out, groups, first = [], torch.empty(height, width, dtype=torch.long, device=rows.device), 0
     for i, cells in enumerate(layout):
-        start, end = _edges(height, len(layout), i)
+        start, end = _edges(height, bands, i)
         out.append(pool2d(image[:, start:end], (1, cells))[:, 0].T)  # (cells, d)
-        band = slice((i * height + len(layout) - 1) // len(layout), ((i + 1) * height + len(layout) - 1)
-                     // len(layout))  # rows whose floor(row * r / rows) == i
-        groups[band] = first + torch.arange(width, device=rows.device) * cells // width
+        groups[band_of_row == i] = first + torch.arange(width, device=rows.device) * cells // width
         first += cells
     return torch.cat(out).to(rows.dtype), groups.flatten()
 
