@@ -28,7 +28,7 @@ from zoprune.errors import InputError
 UNPRUNED = "unpruned"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a long run holds one per question and run (about 100 bytes each)
 class Record:
     """One question answered by one run (a method at a budget, or the unpruned model)."""
 

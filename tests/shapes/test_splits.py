@@ -34,8 +34,25 @@ def test_hard_split_is_crowded_and_confusable():
                                                                               for p in e.objects) == 1]
             asked = next(o for o in e.objects if o.shape == shape)
             assert asked.size == "small" or not unique_small
-    # answers stay balanced where the scene allows it
+    # answers stay balanced, size too although three objects in four are small
     assert Counter(e.answer for e in examples if e.kind == "exists") == pytest.approx({"yes": 20, "no": 20}, abs=8)
+    assert Counter(e.answer for e in examples if e.kind == "size") == pytest.approx({"small": 20, "large": 20},
+                                                                                   abs=8)
+
+
+def test_hard_split_background_is_more_cluttered():
+    """The background (pixels outside every object and the digit) varies more in the hard split: more blobs, each
+    at high contrast."""
+    import numpy as np
+
+    def background_spread(split):
+        spreads = []
+        for e in make_dataset(70, 2, split):
+            pixels = np.asarray(e.image).astype(float)[e.label_map == 0]
+            spreads.append(pixels.std(axis=0).mean())
+        return np.mean(spreads)
+
+    assert background_spread("hard") > 1.08 * background_spread("standard")  # measured: 17.4 against 15.3
     assert set(SPLITS) == {"standard", "hard"}
 
 

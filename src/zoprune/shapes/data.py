@@ -17,8 +17,10 @@ Two splits (:data:`SPLITS`) draw from this world. ``standard`` is the training d
 inside what the shipped model was trained on (object counts, sizes, colours, shapes, the digit's font) but draws
 from the crowded, confusable end of it, so that pruning methods are told apart: always four objects and the digit,
 two shapes and two colours per image (every object shares its colour or its shape with another), mostly small
-objects (a small object covers 2x2 to 3x3 patches), attribute and relative-position questions about a small object
-when one qualifies, and absent objects in existence questions always sharing a colour or shape with the image.
+objects (a small object covers 2x2 to 3x3 patches) with size answers still balanced, attribute and
+relative-position questions about a small object when one qualifies, absent objects in existence questions always
+sharing a colour or shape with the image, and the most background blobs, at high contrast (diverse background
+tokens that compete with the objects').
 """
 
 from __future__ import annotations
@@ -69,12 +71,18 @@ class Split:
     digit_fraction: float = 0.5  # chance an image holds the digit (digit questions always get one)
     adversarial_absent: float = 0.8  # chance an absent object in an existence question shares a colour or shape
     ask_small: bool = False  # colour, shape and position questions about small objects when one qualifies
+    balanced_size: bool = False  # a size question's answer drawn first, both equally; scenes redrawn until one fits
+    blobs: tuple[int, int] = (2, 4)  # fewest and most soft grey blobs in the background
+    #: the blobs' contrast: None draws it from N(0, 18); (low, high) draws its size uniformly in [low, high) with a
+    #: random sign (within 2 standard deviations of the standard draw when high <= 36)
+    blob_contrast: tuple[float, float] | None = None
 
 
 SPLITS = {
     "standard": Split(),
     "hard": Split(objects=(4, 4), shape_palette=(2, 2), colour_palette=(2, 2), small_fraction=0.75,
-                  digit_fraction=1.0, adversarial_absent=1.0, ask_small=True),
+                  digit_fraction=1.0, adversarial_absent=1.0, ask_small=True, balanced_size=True, blobs=(4, 4),
+                  blob_contrast=(18.0, 36.0)),
 }
 
 
@@ -162,7 +170,7 @@ def _pixel_centres() -> tuple[np.ndarray, np.ndarray]:
     return xs + 0.5, ys + 0.5
 
 
-def _background(rng: np.random.Generator) -> np.ndarray:
+def _background(rng: np.random.Generator, split: Split) -> np.ndarray:
     """Float (96, 96, 3): a muted base colour, a smooth random colour field and a few soft blobs."""
     base = rng.uniform(70, 170) + rng.uniform(-20, 20, size=3)
     coarse = rng.normal(0, 22, size=(4, 4, 3))
@@ -174,9 +182,13 @@ def _background(rng: np.random.Generator) -> np.ndarray:
     field_ = rows[:, i0] * (1 - f.T)[..., None] + rows[:, i0 + 1] * f.T[..., None]  # (96, 96, 3)
     img = base + field_
     xs, ys = _pixel_centres()
-    for _ in range(rng.integers(2, 5)):  # soft grey blobs: texture that is not an object
+    for _ in range(rng.integers(split.blobs[0], split.blobs[1] + 1)):  # soft grey blobs: texture, not objects
         cx, cy, s = rng.uniform(0, IMAGE_SIZE), rng.uniform(0, IMAGE_SIZE), rng.uniform(6, 18)
-        img += rng.normal(0, 18) * np.exp(-((xs - cx) ** 2 + (ys - cy) ** 2) / (2 * s * s))[..., None]
+        if split.blob_contrast is None:
+            contrast = rng.normal(0, 18)
+        else:
+            contrast = rng.choice((-1.0, 1.0)) * rng.uniform(*split.blob_contrast)
+        img += contrast * np.exp(-((xs - cx) ** 2 + (ys - cy) ** 2) / (2 * s * s))[..., None]
     return img
 
 
@@ -266,7 +278,7 @@ def make_scene(rng: np.random.Generator, n_objects: int | None = None, with_digi
                     stroke_fill=len(objects) + 1)
     label_map = np.asarray(label_img)
     drawn = np.asarray(canvas).astype(np.float32)
-    img = np.where((label_map > 0)[..., None], drawn, _background(rng))
+    img = np.where((label_map > 0)[..., None], drawn, _background(rng, split))
     img = img + rng.normal(0, 5, size=img.shape)  # sensor noise over everything
     image = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8), "RGB")
     return Scene(image=image, objects=tuple(objects), digit=digit, label_map=label_map.copy())
@@ -282,9 +294,10 @@ def _small_first(objects: list[ShapeObject], split: Split) -> list[ShapeObject]:
     return small if split.ask_small and small else objects
 
 
-def ask(scene: Scene, rng: np.random.Generator, kind: str,
-        split: Split = SPLITS["standard"]) -> tuple[str, str] | None:
-    """One (question, answer) of the given kind about ``scene``, or None when the scene cannot support it."""
+def ask(scene: Scene, rng: np.random.Generator, kind: str, split: Split = SPLITS["standard"],
+        size: str | None = None) -> tuple[str, str] | None:
+    """One (question, answer) of the given kind about ``scene``, or None when the scene cannot support it;
+    ``size`` fixes the answer of a size question."""
     objs = scene.objects
     if kind == "colour":
         unique = _small_first([o for o in objs if _count(objs, shape=o.shape) == 1], split)
@@ -301,10 +314,15 @@ def ask(scene: Scene, rng: np.random.Generator, kind: str,
     if kind == "size":
         unique = [o for o in objs if _count(objs, colour=o.colour, shape=o.shape) == 1]
         by_size = {s: [o for o in unique if o.size == s] for s in SIZES}
-        options = [s for s in SIZES if by_size[s]]
-        if not options:
-            return None
-        s = options[int(rng.integers(len(options)))]
+        if size is not None:  # the answer was drawn first (balanced sizes): the caller redraws scenes until it fits
+            if not by_size[size]:
+                return None
+            s = size
+        else:
+            options = [s for s in SIZES if by_size[s]]
+            if not options:
+                return None
+            s = options[int(rng.integers(len(options)))]
         o = by_size[s][int(rng.integers(len(by_size[s])))]
         return f"what size is the {o.colour} {o.shape} ?", o.size
     if kind == "count":
@@ -363,9 +381,11 @@ def make_example(rng: np.random.Generator, kind: str | None = None, split: str =
     """A random scene of ``split`` and one question of ``kind`` (drawn uniformly from :data:`KINDS` when None)."""
     kind = KINDS[int(rng.integers(len(KINDS)))] if kind is None else kind
     drawn = get_split(split)
+    # drawn once, not per scene: redrawing it with each scene would favour the size most scenes offer
+    size = SIZES[int(rng.integers(len(SIZES)))] if kind == "size" and drawn.balanced_size else None
     while True:
         scene = make_scene(rng, with_digit=True if kind == "digit" else None, split=drawn)
-        qa = ask(scene, rng, kind, drawn)
+        qa = ask(scene, rng, kind, drawn, size)
         if qa is not None:
             question, answer = qa
             return ShapesExample(image=scene.image, question=question, answer=answer, kind=kind,
