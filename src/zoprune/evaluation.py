@@ -12,6 +12,7 @@ import itertools
 import json
 import math
 import string
+import textwrap
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -341,7 +342,7 @@ def plot_paired(comparisons: Sequence[Paired], path: Path, title: str = "") -> P
 
     figure, axis = plt.subplots(figsize=(7, 4.5), dpi=120)
     styles = plot_styles([c.method for c in comparisons])
-    shift = 2 ** (0.04 * (len(styles) - 1) / 2)  # half the sideways spread, as a factor on the log axis
+    shift = 2 ** (0.025 * (len(styles) - 1) / 2)  # half the sideways spread, as a factor on the log axis
     for i, (method, style) in enumerate(styles.items()):
         rows = sorted((c for c in comparisons if c.method == method), key=lambda c: c.budget or 0)
         x = [c.budget * shift ** (-1 + 2 * i / max(len(styles) - 1, 1)) for c in rows]
@@ -357,7 +358,7 @@ def plot_paired(comparisons: Sequence[Paired], path: Path, title: str = "") -> P
         axis.minorticks_off()
     axis.set_xlabel("visual tokens kept per image")
     axis.set_ylabel(f"accuracy - {reference} (points), 95% paired interval")
-    axis.set_title(title or f"difference to {reference} at the same budget")
+    axis.set_title(textwrap.fill(title or f"difference to {reference} at the same budget", 80), fontsize=9)
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8, ncol=2 if len(styles) > 10 else 1)
     figure.tight_layout()

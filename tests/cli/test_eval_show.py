@@ -144,7 +144,7 @@ def test_eval_records_recompute_the_printed_paired_table(answered_vqa, tmp_path)
     for c in comparisons:
         mark = " *" if c.low > 0 or c.high < 0 else ""
         assert printed[(c.method, str(c.budget))][:3] == [f"{100 * c.difference:+.1f}{mark}",
-                                                           f"{100 * c.low:+.1f} - {100 * c.high:+.1f}",
+                                                           f"{100 * c.low:+.1f} to {100 * c.high:+.1f}",
                                                            f"{c.gained} / {c.lost}"]
         row = by_run[(c.method, c.budget)]
         assert (row["reference"], row["gained"], row["lost"]) == ("zo-topk", c.gained, c.lost)

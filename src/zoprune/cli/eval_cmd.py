@@ -118,7 +118,7 @@ def eval_command(
         written.append(plot_results(results, out / "accuracy.png", title=f"accuracy on {source}"))
         if comparisons:
             written.append(plot_paired(comparisons, out / "paired.png",
-                                       title=f"difference to {reference} on {source}"))
+                                       title=f"difference to {reference} at the same budget, {source}"))
     console.print("wrote " + ", ".join(str(p) for p in written), highlight=False)
 
 
@@ -130,7 +130,7 @@ def paired_table(comparisons, reference: str) -> Table:
         table.add_column(column, justify="left" if column == "method" else "right")
     for c in comparisons:
         table.add_row(c.method, f"{c.budget}", f"{100 * c.difference:+.1f}{' *' if c.separated else '  '}",
-                      f"{100 * c.low:+.1f} - {100 * c.high:+.1f}", f"{c.gained} / {c.lost}", format_p(c.p_value))
+                      f"{100 * c.low:+.1f} to {100 * c.high:+.1f}", f"{c.gained} / {c.lost}", format_p(c.p_value))
     return table
 
 
