@@ -204,3 +204,46 @@ def test_evaluate_reads_the_examples_once_as_an_iterator(tiny_checkpoint):
         [(r.method, r.budget, r.total, r.correct, r.kept_tokens) for r in listed]
     assert [(r.method, r.budget, r.total, r.kept_tokens) for r in once] == [
         ("unpruned", None, 5, 16), ("random", 4, 5, 4), ("random", 8, 5, 8)]
+
+
+def test_evaluate_with_records_keeps_every_answer_and_the_paired_figures_attach(monkeypatch):
+    """One record per question and run, in run order then question order, with the answer as generated, its
+    correctness after normalisation and the tokens kept for that image; Result.attach takes a comparison's
+    figures."""
+    import zoprune.evaluation as evaluation
+    from tiny_models import tiny_llava
+    from zoprune.statistics import paired_comparisons
+
+    examples = [Example(None, "q0", "red", "colour"), Example(None, "q1", "two", "count"),
+                Example(None, "q2", "yes", "exists")]
+    scripted_answers = {None: ["Red.", "two", "no"], 8: ["red", "three", "Yes"], 4: ["blue", "three", "no"]}
+
+    def scripted(models, processor, examples, prompt, batch_size=32, max_new_tokens=4, on_batch=None, device=None):
+        list(examples)
+        out = []
+        for model in models:
+            budget = None if model.config.budget.keep == evaluation.KEEP_ALL else model.config.budget.keep
+            out.append((scripted_answers[budget], [budget or 16, (budget or 16) - 1, budget or 16], [16, 16, 16]))
+        return out
+
+    monkeypatch.setattr(evaluation, "answer_all", scripted)
+    results, records = evaluation.evaluate_with_records(
+        tiny_llava(), None, examples, {"m": evaluation.PipelineConfig(scorer="norm")}, [8, 4], prompt=lambda q: q)
+    assert [(r.method, r.budget, r.id) for r in records] == [
+        (method, budget, i) for method, budget in [("unpruned", None), ("m", 8), ("m", 4)] for i in range(3)]
+    assert [r.answer for r in records] == scripted_answers[None] + scripted_answers[8] + scripted_answers[4]
+    assert [r.correct for r in records] == [True, True, False, True, False, True, False, False, False]
+    assert [r.kept for r in records] == [16, 15, 16, 8, 7, 8, 4, 3, 4] and {r.total for r in records} == {16}
+    assert [(r.question, r.expected, r.kind) for r in records[3:6]] == [(e.question, e.answer, e.kind)
+                                                                        for e in examples]
+    assert [r.correct for r in results] == [sum(r.correct for r in records[i:i + 3]) for i in (0, 3, 6)]
+    assert results == evaluation.evaluate(tiny_llava(), None, examples, {"m": evaluation.PipelineConfig(
+        scorer="norm")}, [8, 4], prompt=lambda q: q)  # evaluate gives the same results, without the records
+    comparison = paired_comparisons(records, "unpruned")[1]  # m at 4 against the unpruned model
+    assert (comparison.method, comparison.budget, comparison.gained, comparison.lost) == ("m", 4, 0, 2)
+    results[2].attach(comparison)
+    assert (results[2].reference, results[2].difference, results[2].gained, results[2].lost) == (
+        "unpruned", pytest.approx(-2 / 3), 0, 2)
+    assert (results[2].difference_low, results[2].difference_high, results[2].mcnemar_p) == (
+        comparison.low, comparison.high, comparison.p_value)
+    assert results[2].separated is comparison.separated and results[1].reference is None
