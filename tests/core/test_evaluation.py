@@ -247,3 +247,29 @@ def test_evaluate_with_records_keeps_every_answer_and_the_paired_figures_attach(
     assert (results[2].difference_low, results[2].difference_high, results[2].mcnemar_p) == (
         comparison.low, comparison.high, comparison.p_value)
     assert results[2].separated is comparison.separated and results[1].reference is None
+
+
+def test_paired_plot_draws_each_difference_with_its_interval(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from zoprune.evaluation import plot_paired
+    from zoprune.statistics import Paired
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    comparisons = [Paired("zoo-prune", 16, "divprune", 100, 5, 2, 0.03, -0.01, 0.08, 0.45),
+                   Paired("zoo-prune", 8, "divprune", 100, 1, 9, -0.08, -0.14, -0.02, 0.02),
+                   Paired("random", 16, "divprune", 100, 0, 30, -0.30, -0.39, -0.21, 1e-9),
+                   Paired("random", 8, "divprune", 100, 0, 50, -0.50, -0.59, -0.40, 1e-15)]
+    assert plot_paired(comparisons, tmp_path / "paired.png").read_bytes()[:4] == b"\x89PNG"
+    (axis,) = figures[0].axes
+    bars = {container.get_label(): container for container in axis.containers}
+    assert set(bars) == {"zoo-prune", "random"}
+    for method in bars:
+        line, _, (segments,) = bars[method].lines
+        rows = sorted((c for c in comparisons if c.method == method), key=lambda c: c.budget)
+        assert np.allclose(line.get_ydata(), [100 * c.difference for c in rows])  # points, budgets ascending
+        ends = [sorted(segment[:, 1]) for segment in segments.get_segments()]
+        assert np.allclose(ends, [[100 * c.low, 100 * c.high] for c in rows])  # the paired interval, not +-1 sd
+    assert "divprune" in [t.get_text() for t in axis.get_legend().get_texts()]  # the zero line is the reference
