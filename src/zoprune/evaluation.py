@@ -2,7 +2,8 @@
 
 Answers are scored by exact match after normalisation (lower case, punctuation removed, whitespace collapsed);
 each accuracy comes with a 95% Wilson interval, and relative accuracy (pruned / unpruned) is reported as the paper
-does.
+does. Every answer is kept as a :class:`~zoprune.statistics.Record` (one per question and run), from which the
+paired comparisons of :mod:`zoprune.statistics` are computed.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import itertools
 import json
 import math
 import string
+import textwrap
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -20,6 +22,7 @@ import torch
 from zoprune.config import PipelineConfig
 from zoprune.errors import InputError
 from zoprune.pipeline import PrunedModel, prune
+from zoprune.statistics import Paired, Record
 
 UNPRUNED = "unpruned"
 KEEP_ALL = 2**31 - 1  # a budget no image reaches
@@ -51,6 +54,21 @@ class Result:
     relative: float | None = None  # accuracy / unpruned accuracy
     by_kind: dict[str, float] | None = None
     config: dict[str, Any] | None = None  # the pipeline config that ran, every parameter written out
+    # the paired comparison with the reference method at the same budget (zoprune.statistics), when there is one
+    reference: str | None = None
+    difference: float | None = None  # accuracy - the reference's accuracy
+    difference_low: float | None = None  # its 95% paired interval (Newcombe)
+    difference_high: float | None = None
+    mcnemar_p: float | None = None  # exact McNemar p-value
+    gained: int | None = None  # questions right here and wrong for the reference
+    lost: int | None = None  # questions wrong here and right for the reference
+    separated: bool | None = None  # whether the interval excludes 0
+
+    def attach(self, paired: Paired) -> None:
+        """Take the paired comparison's figures."""
+        self.reference, self.difference = paired.reference, paired.difference
+        self.difference_low, self.difference_high, self.mcnemar_p = paired.low, paired.high, paired.p_value
+        self.gained, self.lost, self.separated = paired.gained, paired.lost, paired.separated
 
 
 def normalize(text: str) -> str:
@@ -99,13 +117,14 @@ def load_jsonl(path: str | Path) -> list[Example]:  # pragma: no mutate block
 class ShapesExamples(Sequence[Example]):
     """The held-out set of the shipped shapes model: ``n`` generated questions, reproducible from ``seed``.
 
-    Generated on the fly, the same questions as ``zoprune.shapes.data.make_dataset(n, seed)``: iterating makes each
-    example when it is needed, so a run over 10,000 questions holds one batch of images at a time, not 10,000.
+    Generated on the fly, the same questions as ``zoprune.shapes.data.make_dataset(n, seed, split)``: iterating
+    makes each example when it is needed, so a run over 10,000 questions holds one batch of images at a time, not
+    10,000.
     Indexing regenerates up to the index (meant for a look at a few examples).
     """
 
-    def __init__(self, n: int, seed: int):
-        self.n, self.seed = n, seed
+    def __init__(self, n: int, seed: int, split: str = "standard"):
+        self.n, self.seed, self.split = n, seed, split
 
     def __len__(self) -> int:
         return self.n
@@ -117,7 +136,7 @@ class ShapesExamples(Sequence[Example]):
 
         rng = np.random.default_rng(self.seed)  # make_dataset's draws, in its order
         for i in range(self.n):
-            e = make_example(rng, KINDS[i % len(KINDS)])
+            e = make_example(rng, KINDS[i % len(KINDS)], self.split)
             yield Example(e.image, e.question, e.answer, e.kind)
 
     def __getitem__(self, index):
@@ -129,10 +148,10 @@ class ShapesExamples(Sequence[Example]):
         return next(itertools.islice(iter(self), position, None))
 
 
-def shapes_examples(n: int, seed: int) -> ShapesExamples:
-    """The held-out set of the shipped shapes model: ``n`` generated questions, reproducible from ``seed``
-    (a lazy sequence, see :class:`ShapesExamples`)."""
-    return ShapesExamples(n, seed)
+def shapes_examples(n: int, seed: int, split: str = "standard") -> ShapesExamples:
+    """The held-out set of the shipped shapes model: ``n`` generated questions of ``split``, reproducible from
+    ``seed`` (a lazy sequence, see :class:`ShapesExamples`)."""
+    return ShapesExamples(n, seed, split)
 
 
 @torch.no_grad()
@@ -185,11 +204,22 @@ def score(method: str, budget: int | None, examples: Sequence[Example], answers:
 def evaluate(model: Any, processor: Any, examples: Sequence[Example], methods: dict[str, PipelineConfig],
              budgets: Sequence[int], prompt: Callable[[str], str], batch_size: int = 32,
              on_batch: Callable[[int], None] | None = None, device: str | torch.device | None = None) -> list[Result]:
+    """The unpruned model, then every method at every budget, on the same examples: the results of
+    :func:`evaluate_with_records`."""
+    return evaluate_with_records(model, processor, examples, methods, budgets, prompt, batch_size, on_batch,
+                                 device)[0]
+
+
+def evaluate_with_records(model: Any, processor: Any, examples: Sequence[Example],
+                          methods: dict[str, PipelineConfig], budgets: Sequence[int], prompt: Callable[[str], str],
+                          batch_size: int = 32, on_batch: Callable[[int], None] | None = None,
+                          device: str | torch.device | None = None) -> tuple[list[Result], list[Record]]:
     """The unpruned model, then every method at every budget, on the same examples (moved to ``device``, the
-    model's, when given).
+    model's, when given): one :class:`Result` per run, and one :class:`Record` per question and run (run by run,
+    questions in data-set order).
 
     One pass over ``examples``: every model answers a batch before the next one is built, and only each question's
-    answer and kind are kept, so memory does not grow with the number of questions (benchmarks/eval_memory.py).
+    text, answers and kind are kept, so memory does not grow with the images (benchmarks/eval_memory.py).
     """
     labels: list[Example] = []  # each question without its image
 
@@ -211,7 +241,11 @@ def evaluate(model: Any, processor: Any, examples: Sequence[Example], methods: d
     for result, (name, _, pruned) in zip(results[1:], runs[1:]):
         result.config = ran_config(pruned)
         result.relative = result.accuracy / reference.accuracy if reference.accuracy else None
-    return results
+    records = [Record(i, label.kind, label.question, label.answer, name, budget, answer,
+                      normalize(answer) == normalize(label.answer), kept, total)
+               for (name, budget, _), (answers, kept_tokens, total_tokens) in zip(runs, outputs)
+               for i, (label, answer, kept, total) in enumerate(zip(labels, answers, kept_tokens, total_tokens))]
+    return results, records
 
 
 def ran_config(pruned: PrunedModel) -> dict[str, Any]:
@@ -234,7 +268,8 @@ def write_results(results: Sequence[Result], out_dir: Path) -> list[Path]:  # pr
     with csv_path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         fields = ["method", "budget", "kept_tokens", "total_tokens", "correct", "total", "accuracy", "ci_low",
-                  "ci_high", "relative"]
+                  "ci_high", "relative", "reference", "difference", "difference_low", "difference_high", "mcnemar_p",
+                  "gained", "lost", "separated"]
         writer.writerow(fields + [f"accuracy_{k}" for k in kinds])
         for r in rows:
             writer.writerow([r[f] for f in fields] + [(r["by_kind"] or {}).get(k) for k in kinds])
@@ -290,6 +325,42 @@ def plot_results(results: Sequence[Result], path: Path, title: str = "") -> Path
     order = sorted(range(len(labels)), key=lambda i: labels[i] not in styles)  # the methods, then unpruned
     axis.legend([handles[i] for i in order], [labels[i] for i in order], fontsize=8,
                 ncol=2 if len(styles) > 10 else 1)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    plt.close(figure)
+    return path
+
+
+def plot_paired(comparisons: Sequence[Paired], path: Path, title: str = "") -> Path:  # pragma: no mutate block
+    """Each method's accuracy difference to the reference versus the budget, with its 95% paired interval as error
+    bars (styled by :func:`plot_styles`; methods at one budget are spread sideways so the bars do not overlap)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4.5), dpi=120)
+    styles = plot_styles([c.method for c in comparisons])
+    shift = 2 ** (0.025 * (len(styles) - 1) / 2)  # half the sideways spread, as a factor on the log axis
+    for i, (method, style) in enumerate(styles.items()):
+        rows = sorted((c for c in comparisons if c.method == method), key=lambda c: c.budget or 0)
+        x = [c.budget * shift ** (-1 + 2 * i / max(len(styles) - 1, 1)) for c in rows]
+        y = [100 * c.difference for c in rows]
+        error = [[100 * (c.difference - c.low) for c in rows], [100 * (c.high - c.difference) for c in rows]]
+        axis.errorbar(x, y, yerr=error, capsize=3, label=method, **style)
+    reference = comparisons[0].reference if comparisons else "the reference"
+    axis.axhline(0, color="black", linestyle="--", label=reference)
+    axis.set_xscale("log", base=2)
+    budgets = sorted({c.budget for c in comparisons if c.budget is not None})
+    if budgets:
+        axis.set_xticks(budgets, [f"{b:g}" for b in budgets])
+        axis.minorticks_off()
+    axis.set_xlabel("visual tokens kept per image")
+    axis.set_ylabel(f"accuracy - {reference} (points), 95% paired interval")
+    axis.set_title(textwrap.fill(title or f"difference to {reference} at the same budget", 80), fontsize=9)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8, ncol=2 if len(styles) > 10 else 1)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path)

@@ -36,3 +36,20 @@ def test_run_uses_the_shipped_model(tmp_path):
     result = CliRunner().invoke(app, ["run", "--image", str(image), "--prompt", example.question, "--keep", "32"])
     assert result.exit_code == 0, result.output
     assert "visual tokens kept: 32 / 144" in result.output
+
+
+def test_hard_split_runs_on_the_shipped_model_with_paired_differences(tmp_path):
+    # the hard split stays answerable by the shipped model (measured on 2100 questions: 95.4%, chance is ~33%), and
+    # the paired table compares with divprune by default
+    out = tmp_path / "eval"
+    result = CliRunner().invoke(app, ["eval", "-m", "random", "-m", "divprune", "-b", "8", "--n", "70",
+                                      "--split", "hard", "--out", str(out), "--no-plot"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "shapes held-out set (70 questions, seed 20261124, hard split)" in result.output
+    assert "difference to divprune at the same budget" in result.output
+    rows = {r["method"]: r for r in json.loads((out / "results.json").read_text())}
+    assert rows["unpruned"]["ci_low"] > 0.8
+    assert rows["random"]["reference"] == "divprune" and rows["random"]["difference"] < 0
+    assert rows["random"]["separated"]  # random tokens lose to divprune's covering set, beyond the interval
+    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    assert len(records) == 3 * 70 and {r["method"] for r in records} == {"unpruned", "random", "divprune"}

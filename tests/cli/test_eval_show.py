@@ -106,6 +106,68 @@ def test_eval_writes_table_csv_json_and_plot(answered_vqa, tmp_path):
                                                   f"{100 * relative:.1f}%"]
 
 
+def test_eval_records_recompute_the_printed_paired_table(answered_vqa, tmp_path):
+    """records.jsonl holds every answer; the paired comparisons recomputed from it are the printed table, the
+    CSV and the JSON; the records agree with the answers scored in results.json."""
+    from zoprune.evaluation import load_jsonl, normalize
+    from zoprune.statistics import load_records, paired_comparisons
+
+    data, model, processor = answered_vqa
+    out = tmp_path / "eval"
+    args = [arg for m in METHODS for arg in ("-m", m)] + [arg for b in BUDGETS for arg in ("-b", b)]
+    result = invoke("eval", "--model", model.name_or_path, "--data", data, *args, "--out", out, "--batch-size", 4,
+                    "--reference", "zo-topk")
+    assert result.exit_code == 0, result.output
+    records = load_records(out / "records.jsonl")
+    examples = load_jsonl(data)
+    assert len(records) == 7 * 6  # one line per question and run
+    rows = json.loads((out / "results.json").read_text())
+    for row in rows:
+        mine = [r for r in records if (r.method, r.budget) == (row["method"], row["budget"])]
+        assert [r.id for r in mine] == list(range(6)) and [r.expected for r in mine] == [e.answer for e in examples]
+        assert [r.kind for r in mine] == [e.kind for e in examples]
+        assert all(r.correct == (normalize(r.answer) == normalize(r.expected)) for r in mine)
+        assert sum(r.correct for r in mine) == row["correct"]
+        assert sum(r.kept for r in mine) / 6 == pytest.approx(row["kept_tokens"])
+    comparisons = paired_comparisons(records, "zo-topk")
+    assert [(c.method, c.budget) for c in comparisons] == [(m, b) for m in ("zoo-prune", "contrast+stratified")
+                                                           for b in BUDGETS]
+    assert any(c.gained + c.lost for c in comparisons)  # some answers differ: the table is not all zeros
+    printed = {}
+    for line in result.output.splitlines():
+        cells = [cell.strip() for cell in line.split("│")[1:-1]]
+        if len(cells) == 6 and cells[0] in METHODS:
+            printed[(cells[0], cells[1])] = cells[2:]
+    by_run = {(r["method"], r["budget"]): r for r in rows}
+    with (out / "results.csv").open() as handle:
+        csv_rows = {(r["method"], r["budget"]): r for r in csv.DictReader(handle)}
+    for c in comparisons:
+        mark = " *" if c.low > 0 or c.high < 0 else ""
+        assert printed[(c.method, str(c.budget))][:3] == [f"{100 * c.difference:+.1f}{mark}",
+                                                           f"{100 * c.low:+.1f} to {100 * c.high:+.1f}",
+                                                           f"{c.gained} / {c.lost}"]
+        row = by_run[(c.method, c.budget)]
+        assert (row["reference"], row["gained"], row["lost"]) == ("zo-topk", c.gained, c.lost)
+        assert (row["difference"], row["difference_low"], row["difference_high"], row["mcnemar_p"]) == \
+            pytest.approx((c.difference, c.low, c.high, c.p_value))
+        assert row["separated"] == bool(mark)
+        assert float(csv_rows[(c.method, str(c.budget))]["difference"]) == pytest.approx(c.difference)
+    assert by_run[("zo-topk", 8)]["reference"] is None and by_run[("unpruned", None)]["difference"] is None
+    assert (out / "paired.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_eval_reference_runs_when_not_among_the_methods(tiny_checkpoint, tiny_vqa_jsonl, tmp_path):
+    out = tmp_path / "eval"
+    result = invoke("eval", "--model", tiny_checkpoint, "--data", tiny_vqa_jsonl, "-m", "random", "-b", 4,
+                    "--reference", "uniform", "--out", out, "--no-plot")
+    assert result.exit_code == 0, result.output
+    assert "note: the reference uniform is not among the methods; it runs too" in result.output
+    rows = json.loads((out / "results.json").read_text())
+    assert [(r["method"], r["reference"]) for r in rows] == [("unpruned", None), ("random", "uniform"),
+                                                             ("uniform", None)]
+    assert not (out / "paired.png").exists()
+
+
 def test_eval_records_each_methods_whole_config_and_says_what_it_decided(tiny_checkpoint, tiny_vqa_jsonl, tmp_path):
     file = tmp_path / "sum.yaml"
     file.write_text("scorer: {name: zo_sensitivity, directions: 4}\nselector: {name: coverage, fusion: sum}\n"
@@ -142,6 +204,13 @@ def test_eval_errors(tiny_checkpoint, tiny_vqa_jsonl, tmp_path):
     result = invoke("eval", "--model", tiny_checkpoint, "--data", tiny_vqa_jsonl, "-m", "zoo-prune", "-b", 0,
                     "--no-plot")
     assert result.exit_code == 2 and "at least 1" in result.output
+    result = invoke("eval", "-m", "zoo-prune", "--split", "harder", "--no-plot")
+    assert result.exit_code == 2 and "unknown split 'harder'; expected one of standard, hard" in result.output
+    result = invoke("eval", "--data", tiny_vqa_jsonl, "-m", "zoo-prune", "--split", "hard", "--no-plot")
+    assert result.exit_code == 2 and "does not apply to --data" in result.output
+    result = invoke("eval", "--model", tiny_checkpoint, "--data", tiny_vqa_jsonl, "-m", "zoo-prune",
+                    "--reference", "no-such-method", "--no-plot")
+    assert result.exit_code == 2 and "unknown method 'no-such-method'" in result.output
 
 
 def test_show_writes_a_png_with_one_panel_per_method(tiny_checkpoint, sample_image, tmp_path):

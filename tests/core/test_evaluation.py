@@ -204,3 +204,72 @@ def test_evaluate_reads_the_examples_once_as_an_iterator(tiny_checkpoint):
         [(r.method, r.budget, r.total, r.correct, r.kept_tokens) for r in listed]
     assert [(r.method, r.budget, r.total, r.kept_tokens) for r in once] == [
         ("unpruned", None, 5, 16), ("random", 4, 5, 4), ("random", 8, 5, 8)]
+
+
+def test_evaluate_with_records_keeps_every_answer_and_the_paired_figures_attach(monkeypatch):
+    """One record per question and run, in run order then question order, with the answer as generated, its
+    correctness after normalisation and the tokens kept for that image; Result.attach takes a comparison's
+    figures."""
+    import zoprune.evaluation as evaluation
+    from tiny_models import tiny_llava
+    from zoprune.statistics import paired_comparisons
+
+    examples = [Example(None, "q0", "red", "colour"), Example(None, "q1", "two", "count"),
+                Example(None, "q2", "yes", "exists")]
+    scripted_answers = {None: ["Red.", "two", "no"], 8: ["red", "three", "Yes"], 4: ["blue", "three", "no"]}
+
+    def scripted(models, processor, examples, prompt, batch_size=32, max_new_tokens=4, on_batch=None, device=None):
+        list(examples)
+        out = []
+        for model in models:
+            budget = None if model.config.budget.keep == evaluation.KEEP_ALL else model.config.budget.keep
+            out.append((scripted_answers[budget], [budget or 16, (budget or 16) - 1, budget or 16], [16, 16, 16]))
+        return out
+
+    monkeypatch.setattr(evaluation, "answer_all", scripted)
+    results, records = evaluation.evaluate_with_records(
+        tiny_llava(), None, examples, {"m": evaluation.PipelineConfig(scorer="norm")}, [8, 4], prompt=lambda q: q)
+    assert [(r.method, r.budget, r.id) for r in records] == [
+        (method, budget, i) for method, budget in [("unpruned", None), ("m", 8), ("m", 4)] for i in range(3)]
+    assert [r.answer for r in records] == scripted_answers[None] + scripted_answers[8] + scripted_answers[4]
+    assert [r.correct for r in records] == [True, True, False, True, False, True, False, False, False]
+    assert [r.kept for r in records] == [16, 15, 16, 8, 7, 8, 4, 3, 4] and {r.total for r in records} == {16}
+    assert [(r.question, r.expected, r.kind) for r in records[3:6]] == [(e.question, e.answer, e.kind)
+                                                                        for e in examples]
+    assert [r.correct for r in results] == [sum(r.correct for r in records[i:i + 3]) for i in (0, 3, 6)]
+    assert results == evaluation.evaluate(tiny_llava(), None, examples, {"m": evaluation.PipelineConfig(
+        scorer="norm")}, [8, 4], prompt=lambda q: q)  # evaluate gives the same results, without the records
+    comparison = paired_comparisons(records, "unpruned")[1]  # m at 4 against the unpruned model
+    assert (comparison.method, comparison.budget, comparison.gained, comparison.lost) == ("m", 4, 0, 2)
+    results[2].attach(comparison)
+    assert (results[2].reference, results[2].difference, results[2].gained, results[2].lost) == (
+        "unpruned", pytest.approx(-2 / 3), 0, 2)
+    assert (results[2].difference_low, results[2].difference_high, results[2].mcnemar_p) == (
+        comparison.low, comparison.high, comparison.p_value)
+    assert results[2].separated is comparison.separated and results[1].reference is None
+
+
+def test_paired_plot_draws_each_difference_with_its_interval(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from zoprune.evaluation import plot_paired
+    from zoprune.statistics import Paired
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    comparisons = [Paired("zoo-prune", 16, "divprune", 100, 5, 2, 0.03, -0.01, 0.08, 0.45),
+                   Paired("zoo-prune", 8, "divprune", 100, 1, 9, -0.08, -0.14, -0.02, 0.02),
+                   Paired("random", 16, "divprune", 100, 0, 30, -0.30, -0.39, -0.21, 1e-9),
+                   Paired("random", 8, "divprune", 100, 0, 50, -0.50, -0.59, -0.40, 1e-15)]
+    assert plot_paired(comparisons, tmp_path / "paired.png").read_bytes()[:4] == b"\x89PNG"
+    (axis,) = figures[0].axes
+    bars = {container.get_label(): container for container in axis.containers}
+    assert set(bars) == {"zoo-prune", "random"}
+    for method in bars:
+        line, _, (segments,) = bars[method].lines
+        rows = sorted((c for c in comparisons if c.method == method), key=lambda c: c.budget)
+        assert np.allclose(line.get_ydata(), [100 * c.difference for c in rows])  # points, budgets ascending
+        ends = [sorted(segment[:, 1]) for segment in segments.get_segments()]
+        assert np.allclose(ends, [[100 * c.low, 100 * c.high] for c in rows])  # the paired interval, not +-1 sd
+    assert "divprune" in [t.get_text() for t in axis.get_legend().get_texts()]  # the zero line is the reference

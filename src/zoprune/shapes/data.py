@@ -12,6 +12,15 @@ so a data set of ``7 * k`` examples is exactly balanced; answers within a kind a
 allows.
 
 Everything is driven by a ``numpy.random.Generator``: the same seed gives the same images, questions and answers.
+
+Two splits (:data:`SPLITS`) draw from this world. ``standard`` is the training distribution above. ``hard`` stays
+inside what the shipped model was trained on (object counts, sizes, colours, shapes, the digit's font) but draws
+from the crowded, confusable end of it, so that pruning methods are told apart: always four objects and the digit,
+two shapes and two colours per image (every object shares its colour or its shape with another), mostly small
+objects (a small object covers 2x2 to 3x3 patches) with size answers still balanced, attribute and
+relative-position questions about a small object when one qualifies, absent objects in existence questions always
+sharing a colour or shape with the image, and the most background blobs, at high contrast (diverse background
+tokens that compete with the objects').
 """
 
 from __future__ import annotations
@@ -49,6 +58,40 @@ DIGIT_COLOUR = (245, 245, 245)
 DIGIT_FONT_SIZE = 18
 #: Minimum centre distance (pixels) along the asked axis for a relative-position question.
 MIN_SEPARATION = 10.0
+
+
+@dataclass(frozen=True)
+class Split:
+    """How scenes and questions are drawn. The defaults are the standard split, draw for draw."""
+
+    objects: tuple[int, int] = (2, 4)  # fewest and most objects per image
+    shape_palette: tuple[int, int] = (2, len(SHAPES))  # fewest and most distinct shapes per image
+    colour_palette: tuple[int, int] = (2, len(COLOUR_NAMES))  # fewest and most distinct colours per image
+    small_fraction: float | None = None  # chance an object is small; None: "small" and "large" equally likely
+    digit_fraction: float = 0.5  # chance an image holds the digit (digit questions always get one)
+    adversarial_absent: float = 0.8  # chance an absent object in an existence question shares a colour or shape
+    ask_small: bool = False  # colour, shape and position questions about small objects when one qualifies
+    balanced_size: bool = False  # a size question's answer drawn first, both equally; scenes redrawn until one fits
+    blobs: tuple[int, int] = (2, 4)  # fewest and most soft grey blobs in the background
+    #: the blobs' contrast: None draws it from N(0, 18); (low, high) draws its size uniformly in [low, high) with a
+    #: random sign (within 2 standard deviations of the standard draw when high <= 36)
+    blob_contrast: tuple[float, float] | None = None
+
+
+SPLITS = {
+    "standard": Split(),
+    "hard": Split(objects=(4, 4), shape_palette=(2, 2), colour_palette=(2, 2), small_fraction=0.75,
+                  digit_fraction=1.0, adversarial_absent=1.0, ask_small=True, balanced_size=True, blobs=(4, 4),
+                  blob_contrast=(18.0, 36.0)),
+}
+
+
+def get_split(name: str) -> Split:
+    """The split called ``name`` (a ValueError naming the splits otherwise)."""
+    try:
+        return SPLITS[name]
+    except KeyError:
+        raise ValueError(f"unknown split {name!r}; expected one of {', '.join(SPLITS)}") from None
 
 
 @dataclass(frozen=True)
@@ -127,7 +170,7 @@ def _pixel_centres() -> tuple[np.ndarray, np.ndarray]:
     return xs + 0.5, ys + 0.5
 
 
-def _background(rng: np.random.Generator) -> np.ndarray:
+def _background(rng: np.random.Generator, split: Split) -> np.ndarray:
     """Float (96, 96, 3): a muted base colour, a smooth random colour field and a few soft blobs."""
     base = rng.uniform(70, 170) + rng.uniform(-20, 20, size=3)
     coarse = rng.normal(0, 22, size=(4, 4, 3))
@@ -139,9 +182,13 @@ def _background(rng: np.random.Generator) -> np.ndarray:
     field_ = rows[:, i0] * (1 - f.T)[..., None] + rows[:, i0 + 1] * f.T[..., None]  # (96, 96, 3)
     img = base + field_
     xs, ys = _pixel_centres()
-    for _ in range(rng.integers(2, 5)):  # soft grey blobs: texture that is not an object
+    for _ in range(rng.integers(split.blobs[0], split.blobs[1] + 1)):  # soft grey blobs: texture, not objects
         cx, cy, s = rng.uniform(0, IMAGE_SIZE), rng.uniform(0, IMAGE_SIZE), rng.uniform(6, 18)
-        img += rng.normal(0, 18) * np.exp(-((xs - cx) ** 2 + (ys - cy) ** 2) / (2 * s * s))[..., None]
+        if split.blob_contrast is None:
+            contrast = rng.normal(0, 18)
+        else:
+            contrast = rng.choice((-1.0, 1.0)) * rng.uniform(*split.blob_contrast)
+        img += contrast * np.exp(-((xs - cx) ** 2 + (ys - cy) ** 2) / (2 * s * s))[..., None]
     return img
 
 
@@ -175,13 +222,17 @@ def _draw(draw: ImageDraw.ImageDraw, labels: ImageDraw.ImageDraw, obj: ShapeObje
         labels.polygon(pts, fill=label)
 
 
-def make_scene(rng: np.random.Generator, n_objects: int | None = None, with_digit: bool | None = None) -> Scene:
+def make_scene(rng: np.random.Generator, n_objects: int | None = None, with_digit: bool | None = None,
+               split: Split = SPLITS["standard"]) -> Scene:
     """A random image with its objects. Shapes and colours are drawn from small random palettes, so repeated
     shapes (for counting) and repeated colours (so that binding matters) are common."""
-    n = int(rng.integers(2, 5)) if n_objects is None else n_objects
-    with_digit = bool(rng.random() < 0.5) if with_digit is None else with_digit
-    shape_palette = rng.choice(len(SHAPES), size=int(rng.integers(2, len(SHAPES) + 1)), replace=False)
-    colour_palette = rng.choice(len(COLOUR_NAMES), size=int(rng.integers(2, len(COLOUR_NAMES) + 1)), replace=False)
+    n = int(rng.integers(split.objects[0], split.objects[1] + 1)) if n_objects is None else n_objects
+    with_digit = bool(rng.random() < split.digit_fraction) if with_digit is None else with_digit
+    shape_palette = rng.choice(len(SHAPES), size=int(rng.integers(split.shape_palette[0], split.shape_palette[1] + 1)),
+                               replace=False)
+    colour_palette = rng.choice(len(COLOUR_NAMES),
+                                size=int(rng.integers(split.colour_palette[0], split.colour_palette[1] + 1)),
+                                replace=False)
 
     placed: list[tuple[float, float, float]] = []  # x, y, radius of everything drawn (digit included)
     digit = None
@@ -199,7 +250,10 @@ def make_scene(rng: np.random.Generator, n_objects: int | None = None, with_digi
     attempts = 0
     while len(objects) < n and attempts < 500:
         attempts += 1
-        size = SIZES[int(rng.integers(0, 2))]
+        if split.small_fraction is None:
+            size = SIZES[int(rng.integers(0, 2))]
+        else:
+            size = "small" if rng.random() < split.small_fraction else "large"
         r = float(rng.uniform(*RADIUS[size]))
         x = float(rng.uniform(r + 2, IMAGE_SIZE - r - 2))
         y = float(rng.uniform(r + 2, IMAGE_SIZE - r - 2))
@@ -224,7 +278,7 @@ def make_scene(rng: np.random.Generator, n_objects: int | None = None, with_digi
                     stroke_fill=len(objects) + 1)
     label_map = np.asarray(label_img)
     drawn = np.asarray(canvas).astype(np.float32)
-    img = np.where((label_map > 0)[..., None], drawn, _background(rng))
+    img = np.where((label_map > 0)[..., None], drawn, _background(rng, split))
     img = img + rng.normal(0, 5, size=img.shape)  # sensor noise over everything
     image = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8), "RGB")
     return Scene(image=image, objects=tuple(objects), digit=digit, label_map=label_map.copy())
@@ -234,17 +288,25 @@ def _count(objects, **attrs) -> int:
     return sum(all(getattr(o, k) == v for k, v in attrs.items()) for o in objects)
 
 
-def ask(scene: Scene, rng: np.random.Generator, kind: str) -> tuple[str, str] | None:
-    """One (question, answer) of the given kind about ``scene``, or None when the scene cannot support it."""
+def _small_first(objects: list[ShapeObject], split: Split) -> list[ShapeObject]:
+    """The small ones among ``objects`` when the split asks about small objects and there are any."""
+    small = [o for o in objects if o.size == "small"]
+    return small if split.ask_small and small else objects
+
+
+def ask(scene: Scene, rng: np.random.Generator, kind: str, split: Split = SPLITS["standard"],
+        size: str | None = None) -> tuple[str, str] | None:
+    """One (question, answer) of the given kind about ``scene``, or None when the scene cannot support it;
+    ``size`` fixes the answer of a size question."""
     objs = scene.objects
     if kind == "colour":
-        unique = [o for o in objs if _count(objs, shape=o.shape) == 1]
+        unique = _small_first([o for o in objs if _count(objs, shape=o.shape) == 1], split)
         if not unique:
             return None
         o = unique[int(rng.integers(len(unique)))]
         return f"what colour is the {o.shape} ?", o.colour
     if kind == "shape":
-        unique = [o for o in objs if _count(objs, colour=o.colour) == 1]
+        unique = _small_first([o for o in objs if _count(objs, colour=o.colour) == 1], split)
         if not unique:
             return None
         o = unique[int(rng.integers(len(unique)))]
@@ -252,10 +314,15 @@ def ask(scene: Scene, rng: np.random.Generator, kind: str) -> tuple[str, str] | 
     if kind == "size":
         unique = [o for o in objs if _count(objs, colour=o.colour, shape=o.shape) == 1]
         by_size = {s: [o for o in unique if o.size == s] for s in SIZES}
-        options = [s for s in SIZES if by_size[s]]
-        if not options:
-            return None
-        s = options[int(rng.integers(len(options)))]
+        if size is not None:  # the answer was drawn first (balanced sizes): the caller redraws scenes until it fits
+            if not by_size[size]:
+                return None
+            s = size
+        else:
+            options = [s for s in SIZES if by_size[s]]
+            if not options:
+                return None
+            s = options[int(rng.integers(len(options)))]
         o = by_size[s][int(rng.integers(len(by_size[s])))]
         return f"what size is the {o.colour} {o.shape} ?", o.size
     if kind == "count":
@@ -278,13 +345,13 @@ def ask(scene: Scene, rng: np.random.Generator, kind: str) -> tuple[str, str] | 
         shapes_here = {s for _, s in present}
         absent = [(c, s) for c in COLOUR_NAMES for s in SHAPES if (c, s) not in present]
         hard = [(c, s) for c, s in absent if c in colours_here or s in shapes_here]
-        pool = hard if (hard and rng.random() < 0.8) else absent
+        pool = hard if (hard and rng.random() < split.adversarial_absent) else absent
         colour, shape = pool[int(rng.integers(len(pool)))]
         return f"is there a {colour} {shape} ?", "no"
     if kind == "position":
         unique = [o for o in objs if _count(objs, colour=o.colour, shape=o.shape) == 1]
         pairs = []
-        for a in unique:
+        for a in _small_first(unique, split):  # the object asked about; the other one may be of either size
             for b in unique:
                 if a is b:
                     continue
@@ -310,22 +377,25 @@ def ask(scene: Scene, rng: np.random.Generator, kind: str) -> tuple[str, str] | 
     raise ValueError(f"unknown question kind {kind!r}; expected one of {KINDS}")
 
 
-def make_example(rng: np.random.Generator, kind: str | None = None) -> ShapesExample:
-    """A random scene and one question of ``kind`` (drawn uniformly from :data:`KINDS` when None)."""
+def make_example(rng: np.random.Generator, kind: str | None = None, split: str = "standard") -> ShapesExample:
+    """A random scene of ``split`` and one question of ``kind`` (drawn uniformly from :data:`KINDS` when None)."""
     kind = KINDS[int(rng.integers(len(KINDS)))] if kind is None else kind
+    drawn = get_split(split)
+    # drawn once, not per scene: redrawing it with each scene would favour the size most scenes offer
+    size = SIZES[int(rng.integers(len(SIZES)))] if kind == "size" and drawn.balanced_size else None
     while True:
-        scene = make_scene(rng, with_digit=True if kind == "digit" else None)
-        qa = ask(scene, rng, kind)
+        scene = make_scene(rng, with_digit=True if kind == "digit" else None, split=drawn)
+        qa = ask(scene, rng, kind, drawn, size)
         if qa is not None:
             question, answer = qa
             return ShapesExample(image=scene.image, question=question, answer=answer, kind=kind,
                                  objects=scene.objects, digit=scene.digit, label_map=scene.label_map)
 
 
-def make_dataset(n: int, seed: int) -> list[ShapesExample]:
-    """``n`` examples whose kinds cycle through :data:`KINDS` (balanced), reproducible from ``seed``."""
+def make_dataset(n: int, seed: int, split: str = "standard") -> list[ShapesExample]:
+    """``n`` examples of ``split`` whose kinds cycle through :data:`KINDS` (balanced), reproducible from ``seed``."""
     rng = np.random.default_rng(seed)
-    return [make_example(rng, KINDS[i % len(KINDS)]) for i in range(n)]
+    return [make_example(rng, KINDS[i % len(KINDS)], split) for i in range(n)]
 
 
 _WORD = re.compile(r"\w+|[^\w\s]")
