@@ -144,6 +144,7 @@ def test_without_the_signal_it_is_a_config_error_naming_it(monkeypatch):
         CDPruner(CDPrunerConfig()).select(None, tokens, 2, Context(torch.Generator()))
 
 
+@torch.no_grad()
 def _check_selections(pruned, inputs, model):
     """Every entry's kept tokens are cdpruner_select on the adapter's embeddings and the prompt's text tokens, and
     the text tokens are the language model's input embeddings of the prompt's non-placeholder, non-padding ids."""
@@ -199,3 +200,25 @@ def test_the_question_changes_the_selection():
         pruned.select(**inputs)
         kept.append(pruned.last_selection[0].kept.tolist())
     assert kept[0] != kept[1]
+
+
+def test_cdpruner_on_the_shipped_model_and_through_the_cli(tmp_path):
+    from typer.testing import CliRunner
+
+    from zoprune.cli import app
+    from zoprune.shapes import model as shapes
+    from zoprune.shapes.data import make_dataset
+
+    model, processor = shapes.load()
+    example = make_dataset(1, seed=5)[0]
+    inputs = processor(images=[example.image], text=[shapes.prompt(example.question)], return_tensors="pt")
+    pruned = zoprune.prune(model, {"scorer": None, "selector": "cdpruner"}, budget=16)
+    pruned.generate(**inputs, max_new_tokens=2, do_sample=False)
+    assert [s.kept.numel() for s in pruned.last_selection] == [16]
+    _check_selections(pruned, dict(inputs), model)
+    image = tmp_path / "shapes.png"
+    example.image.save(image)
+    result = CliRunner().invoke(app, ["run", "--image", str(image), "--prompt", example.question, "--keep", "16",
+                                      "--method", "cdpruner"])
+    assert result.exit_code == 0, result.output
+    assert "visual tokens kept: 16 / 144" in result.output
