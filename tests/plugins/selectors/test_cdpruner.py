@@ -151,7 +151,8 @@ def _check_selections(pruned, inputs, model):
     images = pruned.adapter.extract(inputs, pruned._projector(torch.float32), torch.float32,
                                     frozenset({"text_embeddings"}))
     table = model.get_input_embeddings()
-    placeholders = {getattr(model.config, key, None) for key in ("image_token_id", "video_token_id")}
+    placeholders = {getattr(model.config, key, None) for key in ("image_token_id", "video_token_id",
+                                                                 "image_token_index")}
     mask = inputs.get("attention_mask", torch.ones_like(inputs["input_ids"]))
     assert pruned.last_selection
     for s in pruned.last_selection:
@@ -222,3 +223,19 @@ def test_cdpruner_on_the_shipped_model_and_through_the_cli(tmp_path):
                                       "--method", "cdpruner"])
     assert result.exit_code == 0, result.output
     assert "visual tokens kept: 16 / 144" in result.output
+
+
+@pytest.mark.parametrize("family", ["mistral3", "gemma3", "llava_onevision"])
+def test_cdpruner_on_generic_families_and_onevision(family):
+    # the generic adapter (one placeholder id per family config) and LLaVA-OneVision (no [CLS]: still the text)
+    from tiny_generic import batch, tiny_llava_onevision, tiny_model
+
+    if family == "llava_onevision":
+        model = tiny_llava_onevision()
+        inputs = llava_next_batch(model, [[8, 9], [10]], [[(30, 20)], [(16, 16)]])
+    else:
+        model = tiny_model(family)
+        inputs = batch(model, family, [[8, 9, 11], [10]], [1, 1])
+    pruned = zoprune.prune(model, {"scorer": None, "selector": "cdpruner"}, budget=3)
+    pruned.generate(**inputs, max_new_tokens=2, do_sample=False)
+    _check_selections(pruned, inputs, model)
