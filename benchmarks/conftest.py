@@ -27,8 +27,10 @@ def image_tokens(projector):
             x = features(n)
             with torch.no_grad():
                 z = torch.cat([projector(b) for b in x.split(2048)])
+            # cdpruner's prompt: 32 text tokens in the embedding space (LLaVA-1.5 prompts hold ~30-60)
+            text = torch.randn(32, z.shape[1], generator=torch.Generator().manual_seed(1)) * z.std() + z.mean(dim=0)
             cache[n] = ImageTokens(features=x, embeddings=z, model_embeddings=z, projector=projector, sample=0,
-                                   image=0)
+                                   image=0, extras={"text_embeddings": text})
         return cache[n]
 
     return make

@@ -7,7 +7,7 @@ from bench_inputs import SIZES
 from zoprune import Context
 from zoprune.registry import get_registry
 
-SELECTORS = ["coverage", "divprune", "topk", "scope", "vispruner", "mmr"]
+SELECTORS = ["coverage", "divprune", "topk", "scope", "vispruner", "mmr", "cdpruner"]
 
 
 @pytest.mark.parametrize("name", SELECTORS)

@@ -27,6 +27,8 @@ METHODS: dict[str, tuple[dict, str]] = {
               "SCOPE: [CLS] attention x facility-location coverage gain"),
     "vispruner": ({"scorer": "cls_attention", "selector": "vispruner"},
                   "VisPruner: top [CLS]-attention tokens + the least duplicated of the rest"),
+    "cdpruner": ({"scorer": None, "selector": "cdpruner"},
+                 "CDPruner: conditional DPP, instruction relevance x feature similarity (greedy MAP)"),
     "zo-mmr": ({"scorer": "zo_sensitivity", "selector": "mmr"},
                "ZO sensitivity with maximal-marginal-relevance selection (lambda = 0.5)"),
     "holov": ({"scorer": "cls_attention", "selector": "holov"},

@@ -41,7 +41,8 @@ class ImageTokens:
         image: which image of that prompt, counted from 0.
         grid: (rows, cols) of the patch grid when the tokens form one (rows * cols == N), else None.
         extras: signals a scorer or selector asked for through its ``requires``, e.g. ``cls_attention`` of shape
-            (N,) or ``vision_keys`` of shape (N, d_head).
+            (N,), ``vision_keys`` of shape (N, d_head) or ``text_embeddings`` of shape (T, d_l) (the language
+            model's input embeddings of the prompt's text tokens: neither visual placeholders nor padding).
     """
 
     features: torch.Tensor  # (N, d_v): the projector's input

@@ -245,9 +245,18 @@ def test_an_images_selection_does_not_depend_on_its_batch_neighbours(model, conf
     batch["pixel_values"] = torch.cat([image, other, image, image])
     pruned = zoprune.prune(model, {**config, "budget": 5, "seed": 11})
     (reference,) = pruned.select(**alone)
+    # a selector that reads the prompt (text_embeddings, e.g. cdpruner) is compared with the image alone under the
+    # same prompt text as its copy
+    asks = pruned.selector.requires | (pruned.scorer.requires if pruned.scorer is not None else frozenset())
+    references = {0: reference}
+    if "text_embeddings" in asks:
+        alone_second = llava_batch(model, [[8, 9, 10]], [1])
+        alone_second["pixel_values"] = image
+        (references[1],) = pruned.select(**alone_second)
     selections = pruned.select(**batch)
     assert [(s.sample, s.image) for s in selections] == [(0, 0), (0, 1), (1, 0), (1, 1)]
     for copy in (selections[0], selections[2], selections[3]):
+        reference = references.get(copy.sample, references[0])
         assert torch.equal(copy.kept, reference.kept)
         if reference.scores is not None:
             # the vision tower runs batched, so its attention may differ in the last bit (measured: 1.2e-7

@@ -127,6 +127,7 @@ SELECTORS = {
     "visionzip": {"similarity": "features"}, "visionzip-keys": {"contextual": 3}, "fastv": {},
     "fastv-text": {"query": "text"}, "scope": {}, "scope-sum": {"combine": "sum", "space": "embeddings"},
     "vispruner": {}, "vispruner-all-important": {"important_ratio": 1.0}, "mmr": {}, "mmr-diverse": {"lam": 0.0},
+    "cdpruner": {}, "cdpruner-theta": {"theta": 0.5, "negate": False},
 }
 SELECTORS.update({"holov": {}, "holov-tiles": {"regions": "tiles", "crops": "auto", "space": "features"},
                   "pool": {}, "pool-max": {"mode": "max", "space": "features"}, "downsample": {}})
@@ -157,7 +158,8 @@ def test_every_selector_returns_k_distinct_sorted_indices(label, case):
     selector = build_selector(label)
     g = torch.Generator().manual_seed(1)
     extras = {"vision_keys": torch.randn(n, 4, generator=g), "llm_attention": scores.clone(),
-              "llm_attention_text": scores.flip(0)}
+              "llm_attention_text": scores.flip(0),
+              "text_embeddings": torch.randn(int(scores[0] * 3) % 4, z.shape[1], generator=g)}  # 0 to 3 tokens
     tokens = ImageTokens(features=z, embeddings=z, model_embeddings=z, projector=lambda x: x, sample=0, image=0,
                          grid=grid, extras=extras)
     out = selector.select(scores if selector.needs_scores or label.startswith("visionzip") else None, tokens, k,

@@ -198,6 +198,48 @@ def number_in_prompt(found: list[tuple[int, int, Any]]) -> list[Any]:
     return [entry for *_, entry in found]
 
 
+#: the signal of the prompt's text (``ImageTokens.extras["text_embeddings"]``), which every adapter provides
+TEXT_EMBEDDINGS = "text_embeddings"
+
+
+def visual_placeholder_ids(config: Any) -> list[int]:
+    """The ids of the tokens that stand for visual tokens in prompts (image and video placeholders), from the
+    model's config (top level or its text config)."""
+    ids = []
+    for source in (config, getattr(config, "text_config", None)):
+        for key in ("image_token_id", "image_token_index", "video_token_id", "video_token_index"):
+            value = getattr(source, key, None) if source is not None else None
+            if isinstance(value, int) and value not in ids:
+                ids.append(value)
+    return ids
+
+
+def prompt_text_embeddings(model: torch.nn.Module, inputs: dict[str, Any], dtype: torch.dtype) -> list[torch.Tensor]:
+    """The language model's own input embeddings of each prompt's text tokens: [(T_b, d_l)] per prompt, in
+    ``dtype``. Text tokens are every token of ``input_ids`` that is neither a visual placeholder nor padding
+    (``attention_mask`` 0); the chat template's special tokens count as text, as in OpenVINO's CDPruner recipe."""
+    input_ids = inputs["input_ids"]  # (B, L)
+    mask = inputs.get("attention_mask")
+    text = torch.ones_like(input_ids, dtype=torch.bool) if mask is None else mask.bool()
+    placeholders = torch.tensor(visual_placeholder_ids(model.config), dtype=input_ids.dtype, device=input_ids.device)
+    text = text & ~torch.isin(input_ids, placeholders)  # (B, L)
+    table = model.get_input_embeddings()
+    return [table(input_ids[b][text[b]]).to(dtype) for b in range(input_ids.shape[0])]
+
+
+def with_text_embeddings(model: torch.nn.Module, inputs: dict[str, Any], images: list[Any], dtype: torch.dtype,
+                         extras: frozenset[str]) -> list[Any]:
+    """``images`` with ``extras["text_embeddings"]`` (T, d_l) of their prompt when a scorer or selector asked for
+    it (every entry of one prompt shares the same tensor)."""
+    if TEXT_EMBEDDINGS not in extras or not images:
+        return images
+    with torch.no_grad():
+        per_prompt = prompt_text_embeddings(model, inputs, dtype)
+    for tokens in images:
+        tokens.extras[TEXT_EMBEDDINGS] = per_prompt[tokens.sample]
+    return images
+
+
 def pad_token_id(model: torch.nn.Module) -> int:
     """The id to pad prompts with (masked out anyway, so any id works when the model names none)."""
     for source in (model.generation_config, getattr(model.config, "text_config", None), model.config):

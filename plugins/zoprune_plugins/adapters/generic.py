@@ -39,7 +39,7 @@ from zoprune import Budget, ImageTokens, ModelAdapter, UnsupportedModelError, ho
 from zoprune_plugins.adapters.common import (ViewTokens, VisualInput, assign_to_prompts, drop_columns, drop_mask,
                                              encoder_outputs, kept_per_input, number_in_prompt, pad_token_id,
                                              placeholder_columns, placeholder_counts, require_input_ids,
-                                             shared_budgets, strip)
+                                             shared_budgets, strip, with_text_embeddings)
 from zoprune_plugins.adapters.llava_next import append_merged
 
 # config.model_type -> (projector path under the base model, the projector's token-regrouping steps that come before
@@ -152,6 +152,7 @@ class GenericAdapter(ModelAdapter):
                      "QianfanOCRForConditionalGeneration", "Lfm2VlForConditionalGeneration",
                      "HyperCLOVAXVisionV2ForConditionalGeneration", "JanusForConditionalGeneration",
                      "DeepseekVLForConditionalGeneration")
+    provides = frozenset({"text_embeddings"})
     places_merged = True
     model_classes_only = False
     why_no_resize = ("does not know how each family's processor lays out pixels (some take any resolution, others "
@@ -269,7 +270,7 @@ class GenericAdapter(ModelAdapter):
                     projector=projector, sample=owners[i], image=0,
                     grid=(side, side) if side * side == size else None, view=v, source=source,
                     packed=torch.arange(v * size, (v + 1) * size, device=columns[i].device))))
-        return number_in_prompt(found)
+        return with_text_embeddings(self.model, inputs, number_in_prompt(found), dtype, extras)
 
     def token_budgets(self, budget: Budget, images: list[ImageTokens]) -> list[int]:
         return shared_budgets(budget, images, split=True)

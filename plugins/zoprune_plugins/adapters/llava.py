@@ -19,7 +19,8 @@ import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from zoprune import ImageTokens, InputError, ModelAdapter, hookimpl
-from zoprune_plugins.adapters.common import drop_columns, pad_token_id, placeholder_counts, require_input_ids
+from zoprune_plugins.adapters.common import (TEXT_EMBEDDINGS, drop_columns, pad_token_id, placeholder_counts,
+                                             require_input_ids, with_text_embeddings)
 from zoprune_plugins.adapters.llm_pruning import ImageColumns, inside_language_model
 from zoprune_plugins.adapters.vision_attention import cls_attention, encoder_layers, mean_keys
 
@@ -29,7 +30,7 @@ class LlavaAdapter(ModelAdapter):
 
     name = "llava"
     model_classes = ("LlavaForConditionalGeneration",)
-    provides = frozenset({"cls_attention", "vision_keys"})
+    provides = frozenset({"cls_attention", "vision_keys", TEXT_EMBEDDINGS})
     places_merged = True
 
     @property
@@ -126,7 +127,7 @@ class LlavaAdapter(ModelAdapter):
                     grid=grid, extras={name: value[index] for name, value in signals.items()},
                 ))
                 index += 1
-        return images
+        return with_text_embeddings(self.model, inputs, images, dtype, extras)
 
     def _images_per_sample(self, placeholders: torch.Tensor, n: int, num_images: int) -> list[int]:
         counts = []

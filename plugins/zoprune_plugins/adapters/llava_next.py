@@ -41,7 +41,7 @@ from zoprune import Budget, ComponentConfig, ImageTokens, InputError, PrunedEmbe
 from zoprune_plugins.adapters.common import (ViewTokens, VisualInput, assign_to_prompts, drop_columns,
                                              drop_mask, encoder_outputs, kept_per_input, pad_token_id,
                                              placeholder_columns, placeholder_counts, pruned_per_input,
-                                             require_input_ids, shared_budgets, strip)
+                                             require_input_ids, shared_budgets, strip, with_text_embeddings)
 from zoprune_plugins.adapters.llava import LlavaAdapter, tokens_per_image
 from zoprune_plugins.adapters.llm_pruning import ImageColumns
 
@@ -127,7 +127,7 @@ class LlavaNextAdapter(LlavaAdapter):
                     extras={name: value[source_index[positions]] for name, value in signals.items()},
                 ))
             first_view += views[i]
-        return images
+        return with_text_embeddings(self.model, inputs, images, dtype, extras)
 
     def _views(self, image_sizes: torch.Tensor) -> list[int]:
         """Views (base + crops) of each image, from its original size."""
@@ -264,7 +264,7 @@ class LlavaOnevisionAdapter(LlavaNextAdapter):
 
     name = "llava_onevision"
     model_classes = ("LlavaOnevisionForConditionalGeneration",)
-    provides = frozenset()  # a SigLIP tower has no [CLS] token, so no [CLS] attention
+    provides = frozenset({"text_embeddings"})  # a SigLIP tower has no [CLS] token, so no [CLS] attention
 
     def _check(self, inputs: dict[str, Any]) -> None:
         counts = inputs.get("batch_num_images")

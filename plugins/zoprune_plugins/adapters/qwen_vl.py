@@ -50,7 +50,8 @@ from zoprune import (Budget, ComponentConfig, ImageTokens, InputError, ModelAdap
 from zoprune_plugins.adapters.common import (ViewTokens, VisualInput, assign_to_prompts, drop_columns,
                                              drop_mask, encoder_outputs, kept_per_input, number_in_prompt,
                                              pad_token_id, placeholder_columns, placeholder_counts,
-                                             pruned_per_input, require_input_ids, shared_budgets, strip)
+                                             pruned_per_input, require_input_ids, shared_budgets, strip,
+                                             with_text_embeddings)
 from zoprune_plugins.adapters.llm_pruning import ImageColumns, inside_language_model
 
 _VISION_KEYS = ("pixel_values", "pixel_values_videos", "image_grid_thw", "video_grid_thw", "second_per_grid_ts",
@@ -87,6 +88,7 @@ class Qwen2VLAdapter(ModelAdapter):
     name = "qwen2_vl"
     Config = QwenVLAdapterConfig
     model_classes = ("Qwen2VLForConditionalGeneration",)
+    provides: ClassVar[frozenset[str]] = frozenset({"text_embeddings"})
     #: whether the hook point of ``inside_llm`` reproduces this language model with every token kept; where it does
     #: not (Qwen3-VL, Qwen3.5, GLM-4V on their tiny models; the cause is not found yet) FastV is refused by name
     hook_point_exact: ClassVar[bool] = True
@@ -162,7 +164,8 @@ class Qwen2VLAdapter(ModelAdapter):
                         source=visual, packed=torch.arange(v * size, (v + 1) * size, device=columns[i].device),
                     )
                     found.append((owners[i], int(columns[i][0]), tokens))
-        return number_in_prompt(found)  # each prompt's images and videos together, in order of appearance
+        images = number_in_prompt(found)  # each prompt's images and videos together, in order of appearance
+        return with_text_embeddings(self.model, inputs, images, dtype, extras)
 
     def token_budgets(self, budget: Budget, images: list[ImageTokens]) -> list[int]:
         return shared_budgets(budget, images, split=self.config.video_policy == "per_frame")

@@ -76,6 +76,16 @@ def identical_rows(embeddings: torch.Tensor) -> bool:
 def greedy_max_cosine(s: torch.Tensor, embeddings: torch.Tensor, k: int, first: int,
                       fusion: str | Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = "product",
                       hot: int = 256, promote: int = 64, rows: int = 1024) -> torch.Tensor:
+    """Greedy selection by ``gain_i = s_i * (1 - max_{j kept} cos(z_i, z_j))``: :func:`lazy_greedy` with the
+    max-cosine redundancy (coverage, divprune and mmr); see there."""
+    return lazy_greedy(s, embeddings, k, first, fusion, "max_cosine", hot, promote, rows)
+
+
+def lazy_greedy(s: torch.Tensor, embeddings: torch.Tensor, k: int, first: int,
+                fusion: str | Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = "product",
+                redundancy: Literal["max_cosine", "span"] = "max_cosine",
+                hot: int = 256, promote: int = 64, rows: int = 1024,
+                exhausted: Literal["raise", "stop"] = "raise") -> torch.Tensor:
     """Greedy selection by ``gain_i = s_i * (1 - max_{j kept} cos(z_i, z_j))`` (``s_i + (1 - max cos)`` for
     ``fusion='sum'``, or ``fusion(s, max_cos)`` for any gain that does not rise with ``max_cos``), starting from
     ``first``; returns the k indices sorted ascending.
@@ -97,7 +107,22 @@ def greedy_max_cosine(s: torch.Tensor, embeddings: torch.Tensor, k: int, first: 
 
     Memory: O(N) state, the k kept rows normalised (k x d), ``hot x d`` and ``rows x d`` scratch; the (N, d)
     embeddings are read in place, never copied whole. Used by ``divprune`` too (``s`` all ones).
+
+    The one selection core (docs/methods/cdpruner.md): every selector here is "a weight per token, a redundancy
+    per token against the kept set, a gain that falls as the redundancy grows, one pick at a time". The redundancy
+    is a per-token state brought up to date by products with the newly kept rows:
+
+    - ``"max_cosine"`` (coverage, divprune, mmr): the state is ``max_{j kept} cos(z_i, z_j)`` and the kept rows are
+      the picked tokens normalised; the state only rises, so ``fusion(s, state)`` must not rise with it.
+    - ``"span"`` (cdpruner's DPP): the kept rows are an orthonormal basis ``Q`` of the picked tokens' span (one
+      Gram-Schmidt step per pick, done twice for float32 accuracy) and the state is the squared distance of the
+      normalised token to that span, ``1 - ||Q u_i||^2``; it only falls, so ``fusion(s, state)`` must not rise as
+      it falls (``s * state`` with ``s = r^2``: Chen et al.'s DPP marginal gain ``d_i^2``).
+
+    ``exhausted``: what to do when no candidate has a finite gain left ("raise": a ValueError; "stop": return the
+    picks so far, fewer than k, sorted).
     """
+    span = redundancy == "span"
     n, d = embeddings.shape
     device = embeddings.device
     ninf = float("-inf")
@@ -106,9 +131,15 @@ def greedy_max_cosine(s: torch.Tensor, embeddings: torch.Tensor, k: int, first: 
     chosen = torch.empty(k, dtype=torch.long, device=device)
     chosen[0] = first
     kept_rows[0] = unit_rows(embeddings[first:first + 1])[0]
+    if span:
+        kept_rows[0] = _orthonormal(kept_rows[0], kept_rows[:0])
     max_cos = torch.empty(n, dtype=torch.float32, device=device)  # of cold tokens, against kept_rows[:seen]
     for start in range(0, n, rows):  # the one pass over all tokens
-        max_cos[start:start + rows] = unit_rows(embeddings[start:start + rows]) @ kept_rows[0]
+        if span:  # squared distance to the span of the first pick: |u|^2 - (u . q)^2 (|u| = 0 for zero rows)
+            block = unit_rows(embeddings[start:start + rows])
+            max_cos[start:start + rows] = block.square().sum(dim=1) - (block @ kept_rows[0]).square()
+        else:
+            max_cos[start:start + rows] = unit_rows(embeddings[start:start + rows]) @ kept_rows[0]
     seen = torch.ones(n, dtype=torch.long, device=device)
     bound = _gain(s, max_cos, fusion)  # (N,) upper bounds of cold tokens' gains; -inf: hot or kept
     bound[first] = ninf
@@ -133,6 +164,8 @@ def greedy_max_cosine(s: torch.Tensor, embeddings: torch.Tensor, k: int, first: 
             if highest < best:
                 break
             if highest == ninf:  # and best too: nothing left to pick
+                if exhausted == "stop":
+                    return torch.sort(chosen[:t]).values
                 raise ValueError("coverage selection ran out of candidates (non-finite scores?)")
             if highest == best:  # exact ties: only a cold token of lower index can still win
                 contenders = torch.nonzero((bound == best) & (positions < winner)).flatten()
@@ -144,13 +177,16 @@ def greedy_max_cosine(s: torch.Tensor, embeddings: torch.Tensor, k: int, first: 
                 # soon, and one product over more rows reads the kept rows once for all of them)
                 incoming = top.indices[top.values > ninf]
             _promote(incoming, t, embeddings, kept_rows, max_cos, seen, bound, s, fusion,
-                     hot_rows, hot_index, hot_cos, hot_s, hot_gain)
+                     hot_rows, hot_index, hot_cos, hot_s, hot_gain, span)
             top = None
         chosen[t] = winner
-        kept_rows[t] = hot_rows[slot]
+        kept_rows[t] = _orthonormal(hot_rows[slot], kept_rows[:t]) if span else hot_rows[slot]
         hot_index[slot] = -1
         if t + 1 < k:
-            torch.maximum(hot_cos, hot_rows @ kept_rows[t], out=hot_cos)  # (hot,): every hot token stays exact
+            if span:  # (hot,): every hot token stays exact
+                hot_cos -= (hot_rows @ kept_rows[t]).square()
+            else:
+                torch.maximum(hot_cos, hot_rows @ kept_rows[t], out=hot_cos)
             hot_gain = torch.where(hot_index >= 0, _gain(hot_s, hot_cos, fusion), ninf)
     return torch.sort(chosen).values
 
@@ -159,11 +195,14 @@ def _promote(incoming: torch.Tensor, t: int, embeddings: torch.Tensor, kept_rows
              max_cos: torch.Tensor, seen: torch.Tensor, bound: torch.Tensor, s: torch.Tensor,
              fusion: str | Callable,
              hot_rows: torch.Tensor, hot_index: torch.Tensor, hot_cos: torch.Tensor, hot_s: torch.Tensor,
-             hot_gain: torch.Tensor) -> None:
+             hot_gain: torch.Tensor, span: bool = False) -> None:
     """Bring the cold tokens ``incoming`` up to date against kept_rows[:t] and move them into the hot set in place
     of its weakest tokens, which go back to the cold set with their exact gains as bounds."""
     normalised = unit_rows(embeddings[incoming])  # (p, d)
-    _catch_up(incoming, normalised, t, kept_rows, max_cos, seen)
+    if span:
+        _catch_up_span(incoming, normalised, t, kept_rows, max_cos, seen)
+    else:
+        _catch_up(incoming, normalised, t, kept_rows, max_cos, seen)
     # evict the lowest gains, and among equal gains the highest indices (free slots, -inf, go first): so the
     # lowest-index token of the best gain stays, and tie resolution always makes progress
     order = torch.sort(hot_index, descending=True, stable=True).indices
@@ -199,6 +238,39 @@ def _catch_up(index: torch.Tensor, normalised: torch.Tensor, t: int, kept_rows: 
         which = index[member]
         max_cos[which] = torch.maximum(max_cos[which], cos)
     seen[index] = t
+
+
+def _catch_up_span(index: torch.Tensor, normalised: torch.Tensor, t: int, basis: torch.Tensor,
+                   residual: torch.Tensor, seen: torch.Tensor) -> None:
+    """residual[index] (squared distance to the span of the kept tokens) against all t rows of the orthonormal
+    ``basis``: each token subtracts the squared projections on the basis rows it has not seen yet (unlike a
+    maximum, a sum must not count a row twice, so the rows a token saw are masked out of its bucket's product)."""
+    missing = (t - seen[index]).tolist()
+    levels: dict[int, list[int]] = {}
+    for position, count in enumerate(missing):
+        if count > 0:
+            levels.setdefault(count.bit_length() - 1, []).append(position)
+    for members in levels.values():
+        oldest = t - max(missing[m] for m in members)
+        member = torch.tensor(members, device=index.device)
+        which = index[member]
+        projections = normalised[member] @ basis[oldest:t].T  # (b, t - oldest)
+        unseen = torch.arange(oldest, t, device=index.device)[None, :] >= seen[which][:, None]
+        residual[which] = residual[which] - (projections.square() * unseen).sum(dim=1)
+    seen[index] = t
+
+
+def _orthonormal(row: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    """``row`` (d,) unit, made orthogonal to the orthonormal ``basis`` (t, d) and normalised: the next basis row.
+    Classical Gram-Schmidt, done a second time when the first pass removed more than half of the row's norm (Kahan
+    and Parlett's "twice is enough" criterion), so the basis stays orthonormal in float32 at the cost of one pass
+    over the basis on most picks."""
+    if basis.shape[0]:
+        before = row.norm()
+        row = row - basis.T @ (basis @ row)
+        if bool(row.norm() < before / 2 ** 0.5):
+            row = row - basis.T @ (basis @ row)
+    return row / row.norm().clamp_min(1e-30)
 
 
 def unit_rows(rows: torch.Tensor) -> torch.Tensor:

@@ -33,8 +33,9 @@ class Scope(Selector):
     works, and negative scores are shifted to start at 0.
 
     The gain of a token can only fall as the kept set grows (the objective is submodular) and ``a`` is fixed, so the
-    selection is lazy: stale scores bound the exact ones from above, and each pick brings only the highest bounds up
-    to date (:func:`scope_select`). Picks equal the official dense loop's (which costs O(k N^2) and holds the N x N
+    selection is lazy: stale scores bound the exact ones from above; the gains of the tokens that compete for the
+    top are lowered incrementally after each pick, and others are brought up to date only when their bound could
+    win (:func:`scope_select`). Picks equal the official dense loop's (which costs O(k N^2) and holds the N x N
     similarity), up to float rounding in near-ties.
     """
 
@@ -56,49 +57,88 @@ def saliency_weights(scores: torch.Tensor, alpha: float) -> torch.Tensor:
 
 
 def scope_select(scores: torch.Tensor, rows: torch.Tensor, k: int, alpha: float = 1.0, combine: str = "product",
-                 batch: int = 32, block: int = 1024) -> torch.Tensor:
+                 batch: int = 128, block: int = 1024, hot: int = 1024) -> torch.Tensor:
     """Indices (k,) sorted ascending. ``scores``: (N,) saliency; ``rows``: (N, d) tokens compared by cosine.
 
-    Memory O(N d) for the normalised rows plus a (block, N) scratch; never an N x N matrix. Each pick computes the
-    exact gains of the ``batch`` highest bounds with one (batch, d) x (d, N) product, and again with the next ones
-    while a stale bound could still beat the best exact score.
+    Exact lazy greedy on incrementally updated gains:
+
+    - The first gains ``sum_i max(0, cos(x_i, x_j))`` come from (block, block) tiles of the cosine matrix: N^2 d
+      multiply-adds by definition (every token's first gain needs every other token), O(block^2) scratch.
+    - After each pick w, one (N, d) x (d,) product gives ``cos(., x_w)``; only the tokens A whose ``cur`` it raises
+      change any gain: token j's gain falls by ``sum_{i in A} max(0, C_ij - cur_i) - max(0, C_ij - cur'_i)``, one
+      (|A|, d) x (d, hot) product for the ``hot`` tokens that compete for the top, whose gains so stay exact. Late
+      picks raise ``cur`` for a handful of tokens.
+    - A token's gain only falls (the objective is submodular) and the saliency is fixed, so a stale gain bounds the
+      exact one from above. When a stale bound beats (or ties from a lower
+      index) the best hot score, the ``batch`` highest are computed exactly (one (N, d) x (d, batch) product) and
+      replace the weakest hot tokens, which keep their exact gain as bound.
+
+    Picks equal the dense loop's up to float rounding in near-ties (gains are accumulated in float64).
+    Memory: the normalised rows (N x d, float32), O(N) vectors, (block, block) and (N, batch) scratch.
+
+    The floor is the first gains (N^2 d) plus one column per pick; in practice the promotions dominate: the gains
+    of facility location fall for most tokens at every early pick, so stale bounds are loose (docs/speed.md).
     """
     z = unit_rows(rows)  # (N, d)
     n = z.shape[0]
-    weight = saliency_weights(scores, alpha).to(z.device)  # (N,)
-    cur = torch.zeros(n, dtype=torch.float32, device=z.device)  # best cosine of each token to the kept set
-    gain = torch.empty(n, dtype=torch.float32, device=z.device)
-    for start in range(0, n, block):  # the first gains: sum_i max(0, cos(x_i, x_j)), by blocks of rows i
-        part = (z[start:start + block] @ z.T).clamp_min_(0).sum(dim=0)  # (N,)
-        gain = part if start == 0 else gain + part
-    bound = _combine(gain, weight, combine)  # (N,): exact now, upper bounds once the kept set grows
-    fresh = torch.ones(n, dtype=torch.bool, device=z.device)  # bounds computed against the current kept set
-    taken = torch.zeros(n, dtype=torch.bool, device=z.device)  # their bounds stay -inf: never refreshed
-    chosen = torch.empty(k, dtype=torch.long, device=z.device)
+    device = z.device
     ninf = float("-inf")
+    weight = saliency_weights(scores, alpha).to(device).double()  # (N,)
+    cur = torch.zeros(n, dtype=torch.float32, device=device)  # best cosine of each token to the kept set
+    first = torch.zeros(n, dtype=torch.float32, device=device)
+    for col in range(0, n, block):  # the first gains: sum_i max(0, cos(x_i, x_j)), by (block, block) tiles
+        columns = z[col:col + block]
+        for row in range(0, n, block):
+            first[col:col + block] += (z[row:row + block] @ columns.T).clamp_min_(0).sum(dim=0)
+    gain = first.double()  # (N,): exact for hot tokens, an upper bound for the others
+    is_hot = torch.zeros(n, dtype=torch.bool, device=device)
+    taken = torch.zeros(n, dtype=torch.bool, device=device)
+    hot = max(1, min(hot, n))
+    batch = max(1, min(batch, hot))
+    positions = torch.arange(n, device=device)
+    chosen = torch.empty(k, dtype=torch.long, device=device)
     for t in range(k):
         while True:
-            top = torch.topk(bound, min(batch, n))
-            best = float(top.values[0])
-            if best == ninf:
+            score = _combine(gain, weight, combine)  # (N,) float64
+            hot_score = score.masked_fill(~is_hot, ninf)
+            best = float(hot_score.max())
+            winner = int(torch.nonzero(hot_score == best).min()) if best > ninf else n
+            bound = score.masked_fill(is_hot | taken, ninf)
+            highest = float(bound.max())
+            if highest < best:
+                break
+            if highest == ninf:  # and best too: nothing left to pick
                 raise ValueError("scope selection ran out of candidates (non-finite scores?)")
-            # bounds outside the top are at most its last value, so once the top is exact the best is exact too;
-            # a stale bound equal to the best could still tie, and ties go to the lowest index, as argmax's do
-            stale = top.indices[~fresh[top.indices]]
-            if not stale.numel():
-                ties = torch.nonzero(bound == best).flatten()
-                stale = ties[~fresh[ties]]
-                if not stale.numel():
-                    winner = int(ties.min())
+            if highest == best:  # exact ties: only a cold token of lower index can still win
+                incoming = torch.nonzero((bound == best) & (positions < winner)).flatten()[:batch]
+                if incoming.numel() == 0:
                     break
-            exact = (z @ z[stale].T - cur[:, None]).clamp_min_(0).sum(dim=0)  # (s,) the gains now
-            bound[stale] = _combine(exact, weight[stale], combine)
-            fresh[stale] = True
+            else:
+                top = torch.topk(bound, min(batch, n))
+                incoming = top.indices[top.values > ninf]
+            gain[incoming] = (z @ z[incoming].T - cur[:, None]).clamp_min_(0).sum(dim=0).double()  # exact now
+            is_hot[incoming] = True
+            members = torch.nonzero(is_hot).flatten()
+            if members.numel() > hot:  # the weakest go cold (lowest scores; among equal ones the highest index)
+                order = torch.sort(members, descending=True, stable=True).indices
+                order = order[torch.sort(_combine(gain, weight, combine)[members[order]], stable=True).indices]
+                is_hot[members[order[:members.numel() - hot]]] = False
         chosen[t] = winner
-        bound[winner] = ninf
         taken[winner] = True
-        torch.maximum(cur, z @ z[winner], out=cur)
-        fresh.copy_(taken)
+        is_hot[winner] = False
+        if t + 1 == k:
+            break
+        similarity = z @ z[winner]  # (N,)
+        raised = torch.nonzero(similarity > cur).flatten()  # A: the tokens whose best coverage rises
+        update = torch.nonzero(is_hot).flatten()
+        for part in range(0, raised.numel() if update.numel() else 0, block):  # (block, block) tiles
+            a = raised[part:part + block]
+            before, after, rows_a = cur[a][:, None], similarity[a][:, None], z[a]  # (a, 1), (a, 1), (a, d)
+            for start in range(0, update.numel(), block):
+                which = update[start:start + block]
+                c = rows_a @ z[which].T  # (a, m)
+                gain[which] -= ((c - before).clamp_min_(0) - (c - after).clamp_min_(0)).double().sum(dim=0)
+        torch.maximum(cur, similarity, out=cur)
     return torch.sort(chosen).values
 
 
