@@ -195,6 +195,11 @@ class ModelAdapter(ABC):
     """The extra signals this adapter can provide to scorers (see ``Scorer.requires``)."""
     places_merged: ClassVar[bool] = False
     """Whether ``pruned_inputs`` accepts ``merged`` tokens (from selectors that return a :class:`Merge`)."""
+    position_modes: frozenset[str] = frozenset({"contiguous"})
+    """The ``PipelineConfig.positions`` values this adapter honours. With ``"original"`` in it, ``pruned_inputs`` is
+    called with ``positions="original"`` when the config asks for it, and then gives the language model the rotary
+    positions the kept tokens had in the unpruned prompt (as ``position_ids``). A plain attribute, so an adapter may
+    make it a property of the model it wraps; ``prune`` refuses a config whose mode is not in it."""
 
     def __init__(self, model: torch.nn.Module, config: ComponentConfig | None = None):
         self.model = model
@@ -291,4 +296,8 @@ class ModelAdapter(ABC):
         Adapters with ``places_merged`` may be given ``merged``: ``merged[i]`` is None or the
         (M_i, d_l) merged tokens of ``images[i]`` in the model's dtype, which the language model must see right
         after that entry's kept tokens (the entry then has ``len(kept[i]) + M_i`` positions in the prompt).
+
+        Adapters with ``"original"`` in ``position_modes`` are also given ``positions="original"`` (only then: the
+        default call is the one above), and must then place every kept token at the rotary position it had in the
+        unpruned prompt, the text after the image included, so that generation continues from the unpruned length.
         """

@@ -283,9 +283,11 @@ class PrunedModel:
         images, selections, kept, merged = self._selected(inputs)
         if not images:  # text-only inputs: nothing to prune
             return dict(inputs), []
-        if merged is None:
-            return self.adapter.pruned_inputs(inputs, images, kept), selections
-        return self.adapter.pruned_inputs(inputs, images, kept, merged=merged), selections
+        # the default call keeps the signature adapters have always had; only "original" adds its keyword
+        extra: dict[str, Any] = {} if self.config.positions == "contiguous" else {"positions": self.config.positions}
+        if merged is not None:
+            extra["merged"] = merged
+        return self.adapter.pruned_inputs(inputs, images, kept, **extra), selections
 
     @torch.no_grad()
     def embed(self, **inputs: Any) -> list[PrunedEmbedding]:
@@ -582,9 +584,23 @@ def prune(model: torch.nn.Module, config: PipelineConfig | dict | str | Path | N
     if selector.merges and not adapter.places_merged:
         raise ConfigError(f"selector {selector.name!r} merges tokens, and adapter {adapter.name!r} cannot place "
                           f"merged tokens in the prompt; use a selector that only keeps tokens")
+    _check_positions(config, adapter, selector)
     if selector.merges and selector.stage == "in_llm":
         raise ConfigError(f"selector {selector.name!r}: merging inside the language model is not supported")
     return PrunedModel(model, config, adapter, scorer, selector)
+
+
+def _check_positions(config: PipelineConfig, adapter: ModelAdapter, selector: Selector) -> None:
+    """A ConfigError when ``positions`` asks for what this adapter and selector cannot do. In-LLM selectors keep the
+    original positions whatever the setting (the model numbers the unpruned prompt), so they accept both."""
+    if config.positions == "contiguous" or selector.stage == "in_llm":
+        return
+    if config.positions not in adapter.position_modes:
+        raise ConfigError(f"positions: {config.positions!r} is not supported by adapter {adapter.name!r} (it "
+                          f"honours {', '.join(sorted(adapter.position_modes))}); use positions: contiguous")
+    if selector.merges:
+        raise ConfigError(f"positions: {config.positions!r} with selector {selector.name!r}: its merged tokens have "
+                          f"no position in the unpruned prompt; use positions: contiguous")
 
 
 def _check_provided(kind: str, component: Scorer | Selector, adapter: ModelAdapter) -> None:

@@ -17,6 +17,11 @@ full prompt come from the model's own ``get_rope_index``, and the pruned call ge
 ``attention_mask``. ``generate`` continues every row from the last position + 1, exactly as it does unpruned, so
 the generated tokens sit where they would without pruning.
 
+``PipelineConfig.positions`` does not change this: ``original`` is what these adapters always do, and
+``contiguous`` (the default, which renumbers the kept tokens densely on 1-D RoPE families) keeps the 3-D positions
+too, since densely renumbered M-RoPE positions (height and width indices of a grid with holes) mean nothing the model
+was trained on. Both values give the same inputs (a test checks it).
+
 **Budget.** The budget applies per image and per video. Videos have a policy (``adapter: {name: qwen2_vl,
 video_policy: per_video | per_frame}``): ``per_video`` (default) selects across all of a video's tokens at once
 (``grid`` = (t*rows, cols): the temporal slices stacked); ``per_frame`` emits one ImageTokens per temporal slice
@@ -82,6 +87,7 @@ class Qwen2VLAdapter(ModelAdapter):
     name = "qwen2_vl"
     Config = QwenVLAdapterConfig
     model_classes = ("Qwen2VLForConditionalGeneration",)
+    position_modes = frozenset({"contiguous", "original"})  # the same inputs either way: see the module docstring
     #: whether the hook point of ``inside_llm`` reproduces this language model with every token kept; where it does
     #: not (Qwen3-VL, Qwen3.5, GLM-4V on their tiny models; the cause is not found yet) FastV is refused by name
     hook_point_exact: ClassVar[bool] = True
@@ -177,7 +183,8 @@ class Qwen2VLAdapter(ModelAdapter):
         return positions
 
     def pruned_inputs(self, inputs: dict[str, Any], images: list[ImageTokens],
-                      kept: list[torch.Tensor]) -> dict[str, Any]:
+                      kept: list[torch.Tensor], positions: str = "contiguous") -> dict[str, Any]:
+        # `positions` changes nothing: 3-D M-RoPE positions are always the unpruned prompt's (module docstring)
         input_ids = inputs["input_ids"]
         mask = inputs.get("attention_mask")
         if mask is None:  # positions with gaps and no mask would be read as packed sequences: always pass one
