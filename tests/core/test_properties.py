@@ -127,6 +127,7 @@ SELECTORS = {
     "visionzip": {"similarity": "features"}, "visionzip-keys": {"contextual": 3}, "fastv": {},
     "fastv-text": {"query": "text"}, "scope": {}, "scope-sum": {"combine": "sum", "space": "embeddings"},
     "vispruner": {}, "vispruner-all-important": {"important_ratio": 1.0}, "mmr": {}, "mmr-diverse": {"lam": 0.0},
+    "dart": {}, "dart-image-only": {"text_pivots": 0}, "dart-text-only": {"image_pivots": 0, "text_pivots": 2},
 }
 
 
@@ -154,8 +155,12 @@ def test_every_selector_returns_k_distinct_sorted_indices(label, case):
     event("k = N" if k == n else "k < N")
     selector = build_selector(label)
     g = torch.Generator().manual_seed(1)
+    # the prompt's text tokens after the image (DART's text pivots; with no image pivots DART needs one)
+    text = int(torch.randint(1 if label == "dart-text-only" else 0, 4, (), generator=g))
     extras = {"vision_keys": torch.randn(n, 4, generator=g), "llm_attention": scores.clone(),
-              "llm_attention_text": scores.flip(0)}
+              "llm_attention_text": scores.flip(0), "llm_key_norm": scores.clone(), "llm_states": z,
+              "llm_text_key_norm": torch.rand(text, generator=g), "llm_text_states": torch.randn(text, z.shape[1],
+                                                                                                generator=g)}
     tokens = ImageTokens(features=z, embeddings=z, model_embeddings=z, projector=lambda x: x, sample=0, image=0,
                          grid=grid, extras=extras)
     out = selector.select(scores if selector.needs_scores or label.startswith("visionzip") else None, tokens, k,

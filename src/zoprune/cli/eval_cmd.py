@@ -33,6 +33,9 @@ def eval_command(
                                         "[default: the shapes held-out set]"),
     n: int = typer.Option(1000, "--n", min=1, help="questions generated for the shapes held-out set"),
     seed: int = typer.Option(HELD_OUT_SEED, "--seed", help="seed of the generated held-out set"),
+    positions: Optional[str] = typer.Option(
+        None, "--positions", help="contiguous or original: rotary positions after pre-LLM pruning, for every "
+        "method [default: each method's config]"),
     batch_size: int = typer.Option(50, "--batch-size", min=1),
     out: Path = typer.Option(Path("zoprune-eval"), "--out",
                              help="folder for results.csv, results.json (with each method's whole config), "
@@ -48,6 +51,10 @@ def eval_command(
         raise ZopruneError(f"budgets must be at least 1 token, got {sorted(budgets)}")
     resolved = [(m, *resolve_method(m)) for m in (method or available_methods())]
     methods = {label: config for _, label, config in resolved}
+    if positions is not None:
+        from zoprune.pipeline import resolve_config
+
+        methods = {label: resolve_config(config, positions=positions) for label, config in methods.items()}
     notes = [note for text, _, config in resolved for note in method_notes(text, config, budget_given=True)]
     if plot:
         require_matplotlib()
