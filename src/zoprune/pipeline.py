@@ -299,12 +299,16 @@ class PrunedModel:
         feeds the language model for it, and the kept indices. ``last_selection`` is filled as by ``select``.
         This is what a server that accepts image embeddings takes (see :mod:`zoprune.integrations.vllm`).
 
-        A selector that prunes inside the language model has no such embeddings: it is refused with a ConfigError.
+        A selector that prunes inside the language model has no such embeddings: it is refused with a ConfigError;
+        so is ``positions: original`` (the server numbers the embeddings' positions itself).
         """
         if self.selector.stage == "in_llm":
             raise ConfigError(f"selector {self.selector.name!r} prunes inside the language model (after its first "
                               f"layers saw every token), so there are no pruned image embeddings to hand to a "
                               f"server; use a method that prunes before the language model")
+        if self.config.positions == "original":
+            raise ConfigError("positions: 'original' cannot travel with pruned embeddings: the server that takes them "
+                              "numbers their positions itself (contiguously); use positions: contiguous with embed")
         self.last_selection = []
         images, selections, kept, merged = self._selected(inputs)
         embeddings = self.adapter.pruned_embeddings(images, kept, merged) if images else []

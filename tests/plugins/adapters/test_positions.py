@@ -142,6 +142,13 @@ def test_in_llm_selectors_keep_original_positions_either_way(llava):
     assert torch.equal(*outputs)
 
 
+def test_embed_refuses_original_positions(llava):
+    inputs = llava_batch(llava, [[6, 7, 8]], [1])
+    with pytest.raises(ConfigError, match="numbers their positions itself"):
+        pruned(llava, 3, "original").embed(**inputs)
+    assert pruned(llava, 3, "contiguous").embed(**inputs)[0].embeddings.shape[0] == 3
+
+
 def test_refused_with_merged_tokens(llava):
     with pytest.raises(ConfigError, match="merged tokens have no position"):
         zoprune.prune(llava, "configs/visionzip.yaml", positions="original")
