@@ -23,6 +23,8 @@ METHODS: dict[str, tuple[dict, str]] = {
                   "VisionZip: dominant tokens by [CLS] attention + contextual tokens merged by key similarity"),
     "fastv": ({"scorer": None, "selector": "fastv"},
               "FastV: attention of the last prompt token in LLM layer K-1 (K = 2), pruned from layer K on"),
+    "dart": ({"scorer": None, "selector": "dart"},
+             "DART: pivots by key L1 norm in LLM layer K-1 (K = 2) keep the tokens least similar to them"),
     "scope": ({"scorer": "cls_attention", "selector": "scope"},
               "SCOPE: [CLS] attention x facility-location coverage gain"),
     "vispruner": ({"scorer": "cls_attention", "selector": "vispruner"},

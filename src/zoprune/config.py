@@ -24,6 +24,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 ScoringDtype = Literal["float32", "float64", "bfloat16", "float16", "model"]
+Positions = Literal["contiguous", "original"]
 
 
 class ComponentSpec(BaseModel):
@@ -100,6 +101,12 @@ class PipelineConfig(BaseModel):
     scoring_dtype: ScoringDtype = Field(
         default="float32", description="dtype of the scoring computations; 'model' uses the model's own dtype. "
         "zo_sensitivity refuses bfloat16 and float16 (its finite differences would measure rounding)"
+    )
+    positions: Positions = Field(
+        default="contiguous", description="rotary positions of the tokens after pre-LLM pruning: 'contiguous' "
+        "renumbers the shorter sequence densely (the papers' LLaVA setting); 'original' keeps the positions the "
+        "tokens had in the unpruned prompt (1-D RoPE families; Qwen's 3-D M-RoPE keeps them either way; in-LLM "
+        "selectors always keep them)"
     )
 
     @model_validator(mode="before")

@@ -209,6 +209,11 @@ class ModelAdapter(ABC):
         "number of tokens, its position embeddings learned for that grid), so a smaller image would only be scaled "
         "back up")
     """Why :meth:`downsample` is not available, for the ConfigError (when ``resizes_images`` is False)."""
+    position_modes: frozenset[str] = frozenset({"contiguous"})
+    """The ``PipelineConfig.positions`` values this adapter honours. With ``"original"`` in it, ``pruned_inputs`` is
+    called with ``positions="original"`` when the config asks for it, and then gives the language model the rotary
+    positions the kept tokens had in the unpruned prompt (as ``position_ids``). A plain attribute, so an adapter may
+    make it a property of the model it wraps; ``prune`` refuses a config whose mode is not in it."""
 
     def __init__(self, model: torch.nn.Module, config: ComponentConfig | None = None):
         self.model = model
@@ -314,4 +319,8 @@ class ModelAdapter(ABC):
         Adapters with ``places_merged`` may be given ``merged``: ``merged[i]`` is None or the
         (M_i, d_l) merged tokens of ``images[i]`` in the model's dtype, which the language model must see right
         after that entry's kept tokens (the entry then has ``len(kept[i]) + M_i`` positions in the prompt).
+
+        Adapters with ``"original"`` in ``position_modes`` are also given ``positions="original"`` (only then: the
+        default call is the one above), and must then place every kept token at the rotary position it had in the
+        unpruned prompt, the text after the image included, so that generation continues from the unpruned length.
         """

@@ -293,10 +293,13 @@ class PrunedModel:
         images, selections, kept, merged = self._selected(inputs)
         if not images:  # text-only inputs: nothing to prune
             return dict(inputs), []
-        if merged is None:
-            return self.adapter.pruned_inputs(inputs, images, kept), selections
-        extra = {"groups": [s.groups for s in selections]} if self.adapter.merge_groups else {}
-        return self.adapter.pruned_inputs(inputs, images, kept, merged=merged, **extra), selections
+        # the default call keeps the signature adapters have always had; only "original" adds its keyword
+        extra: dict[str, Any] = {} if self.config.positions == "contiguous" else {"positions": self.config.positions}
+        if merged is not None:
+            extra["merged"] = merged
+            if self.adapter.merge_groups:
+                extra["groups"] = [s.groups for s in selections]
+        return self.adapter.pruned_inputs(inputs, images, kept, **extra), selections
 
     @torch.no_grad()
     def embed(self, **inputs: Any) -> list[PrunedEmbedding]:
@@ -308,12 +311,16 @@ class PrunedModel:
         feeds the language model for it, and the kept indices. ``last_selection`` is filled as by ``select``.
         This is what a server that accepts image embeddings takes (see :mod:`zoprune.integrations.vllm`).
 
-        A selector that prunes inside the language model has no such embeddings: it is refused with a ConfigError.
+        A selector that prunes inside the language model has no such embeddings: it is refused with a ConfigError;
+        so is ``positions: original`` (the server numbers the embeddings' positions itself).
         """
         if self.selector.stage == "in_llm":
             raise ConfigError(f"selector {self.selector.name!r} prunes inside the language model (after its first "
                               f"layers saw every token), so there are no pruned image embeddings to hand to a "
                               f"server; use a method that prunes before the language model")
+        if self.config.positions == "original":
+            raise ConfigError("positions: 'original' cannot travel with pruned embeddings: the server that takes them "
+                              "numbers their positions itself (contiguously); use positions: contiguous with embed")
         self.last_selection = []
         images, selections, kept, merged = self._selected(self._resized(inputs))
         embeddings = self.adapter.pruned_embeddings(images, kept, merged) if images else []
@@ -595,6 +602,7 @@ def prune(model: torch.nn.Module, config: PipelineConfig | dict | str | Path | N
                           f"merged tokens in the prompt; use a selector that only keeps tokens")
     if selector.resizes_images:
         _check_resizable(selector, adapter, config)
+    _check_positions(config, adapter, selector)
     if selector.merges and selector.stage == "in_llm":
         raise ConfigError(f"selector {selector.name!r}: merging inside the language model is not supported")
     return PrunedModel(model, config, adapter, scorer, selector)
@@ -610,6 +618,19 @@ def _check_resizable(selector: Selector, adapter: ModelAdapter, config: Pipeline
         raise ConfigError(f"selector {selector.name!r} needs a count budget (`budget: 64`): the image is shrunk "
                           f"to about that many tokens before the vision tower, and a ratio of the shrunk image's "
                           f"tokens would apply the budget twice")
+
+
+def _check_positions(config: PipelineConfig, adapter: ModelAdapter, selector: Selector) -> None:
+    """A ConfigError when ``positions`` asks for what this adapter and selector cannot do. In-LLM selectors keep the
+    original positions whatever the setting (the model numbers the unpruned prompt), so they accept both."""
+    if config.positions == "contiguous" or selector.stage == "in_llm":
+        return
+    if config.positions not in adapter.position_modes:
+        raise ConfigError(f"positions: {config.positions!r} is not supported by adapter {adapter.name!r} (it "
+                          f"honours {', '.join(sorted(adapter.position_modes))}); use positions: contiguous")
+    if selector.merges:
+        raise ConfigError(f"positions: {config.positions!r} with selector {selector.name!r}: its merged tokens have "
+                          f"no position in the unpruned prompt; use positions: contiguous")
 
 
 def _check_provided(kind: str, component: Scorer | Selector, adapter: ModelAdapter) -> None:

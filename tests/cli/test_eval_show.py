@@ -196,6 +196,22 @@ def test_eval_records_each_methods_whole_config_and_says_what_it_decided(tiny_ch
     assert zoprune.PipelineConfig.from_dict(topk).resolved_dict() == topk
 
 
+def test_eval_positions_applies_to_every_method(tiny_checkpoint, tiny_vqa_jsonl, tmp_path):
+    out = tmp_path / "eval"
+    result = invoke("eval", "--model", tiny_checkpoint, "--data", tiny_vqa_jsonl, "-m", "random", "-m", "dart",
+                    "-b", 4, "--positions", "original", "--out", out, "--no-plot")
+    assert result.exit_code == 0, result.output
+    rows = {r["method"]: r for r in json.loads((out / "results.json").read_text())}
+    assert rows["random"]["config"]["positions"] == rows["dart"]["config"]["positions"] == "original"
+    assert rows["random"]["kept_tokens"] == rows["dart"]["kept_tokens"] == 4
+    result = invoke("eval", "--model", tiny_checkpoint, "--data", tiny_vqa_jsonl, "-m", "visionzip", "-b", 4,
+                    "--positions", "original", "--no-plot", "--out", out)
+    assert result.exit_code == 2 and "merged tokens have no position" in result.output
+    result = invoke("eval", "--model", tiny_checkpoint, "--data", tiny_vqa_jsonl, "-m", "random", "-b", 4,
+                    "--positions", "shifted", "--no-plot", "--out", out)
+    assert result.exit_code == 2 and "positions" in result.output
+
+
 def test_eval_errors(tiny_checkpoint, tiny_vqa_jsonl, tmp_path):
     result = invoke("eval", "--model", tiny_checkpoint, "--data", tiny_vqa_jsonl, "-m", "no-such-method", "--no-plot")
     assert result.exit_code == 2 and "unknown method 'no-such-method'" in result.output

@@ -33,7 +33,16 @@ def test_run_with_config_file(tiny_checkpoint, sample_image, tmp_path):
     assert "visual tokens kept: 8 / 16" in result.output and "selector=topk" in result.output
 
 
+def test_run_with_original_positions(tiny_checkpoint, sample_image):
+    result = invoke("run", "--model", tiny_checkpoint, "--image", sample_image, "--prompt", "describe",
+                    "-m", "divprune", "--keep", 4, "--positions", "original", "--max-new-tokens", 2)
+    assert result.exit_code == 0, result.output
+    assert "visual tokens kept: 4 / 16" in result.output
+
+
 @pytest.mark.parametrize("args, message", [
+    (["--positions", "shifted"], "positions = 'shifted'"),
+    (["-m", "visionzip", "--positions", "original"], "merged tokens have no position"),
     (["--keep", 0], "budget.keep = 0"),
     (["--ratio", 1.5], "budget.ratio = 1.5"),
     (["--keep", 3, "--ratio", 0.5], "not both"),

@@ -128,6 +128,7 @@ SELECTORS = {
     "fastv-text": {"query": "text"}, "scope": {}, "scope-sum": {"combine": "sum", "space": "embeddings"},
     "vispruner": {}, "vispruner-all-important": {"important_ratio": 1.0}, "mmr": {}, "mmr-diverse": {"lam": 0.0},
     "cdpruner": {}, "cdpruner-theta": {"theta": 0.5, "negate": False},
+    "dart": {}, "dart-image-only": {"text_pivots": 0}, "dart-text-only": {"image_pivots": 0, "text_pivots": 2},
 }
 SELECTORS.update({"holov": {}, "holov-tiles": {"regions": "tiles", "crops": "auto", "space": "features"},
                   "pool": {}, "pool-max": {"mode": "max", "space": "features"}, "downsample": {}})
@@ -157,8 +158,12 @@ def test_every_selector_returns_k_distinct_sorted_indices(label, case):
     event("k = N" if k == n else "k < N")
     selector = build_selector(label)
     g = torch.Generator().manual_seed(1)
+    # the prompt's text tokens after the image (DART's text pivots; with no image pivots DART needs one)
+    text = int(torch.randint(1 if label == "dart-text-only" else 0, 4, (), generator=g))
     extras = {"vision_keys": torch.randn(n, 4, generator=g), "llm_attention": scores.clone(),
-              "llm_attention_text": scores.flip(0),
+              "llm_attention_text": scores.flip(0), "llm_key_norm": scores.clone(), "llm_states": z,
+              "llm_text_key_norm": torch.rand(text, generator=g), "llm_text_states": torch.randn(text, z.shape[1],
+                                                                                                generator=g),
               "text_embeddings": torch.randn(int(scores[0] * 3) % 4, z.shape[1], generator=g)}  # 0 to 3 tokens
     tokens = ImageTokens(features=z, embeddings=z, model_embeddings=z, projector=lambda x: x, sample=0, image=0,
                          grid=grid, extras=extras)

@@ -249,6 +249,43 @@ def pad_token_id(model: torch.nn.Module) -> int:
     return 0
 
 
+def original_positions(inputs: dict[str, Any]) -> torch.Tensor:
+    """(B, L) long: the 1-D rotary position of every column of the unpruned prompt: the caller's ``position_ids``
+    when given, else what ``generate`` computes from the padding mask (count of real tokens before, padding at 0).
+
+    A forward pass without ``position_ids`` numbers a left-padded row from its first padding column instead; that
+    shifts the whole row by a constant, which rotary attention does not see (it depends on differences only).
+    """
+    input_ids = inputs["input_ids"]
+    given = inputs.get("position_ids")
+    if isinstance(given, torch.Tensor):
+        if given.ndim != 2 or given.shape[-1] != input_ids.shape[1]:
+            raise InputError(f"`position_ids` of shape {tuple(given.shape)}: positions: original needs (batch, "
+                             f"length) 1-D positions matching `input_ids` {tuple(input_ids.shape)}")
+        return given.expand(input_ids.shape[0], -1)
+    mask = inputs.get("attention_mask")
+    if mask is None:
+        return torch.arange(input_ids.shape[1], device=input_ids.device).expand(input_ids.shape[0], -1)
+    positions = mask.long().cumsum(-1) - 1
+    return positions.masked_fill(mask == 0, 0)
+
+
+def with_positions(inputs: dict[str, Any], positions: str) -> dict[str, Any]:
+    """``inputs`` with ``position_ids`` of the unpruned prompt (:func:`original_positions`) and an explicit
+    ``attention_mask`` when ``positions`` is ``"original"``, for :func:`drop_columns` to gather at the kept columns;
+    unchanged for ``"contiguous"``. The mask is always passed with such positions: without one, transformers reads
+    positions with gaps as several packed sequences."""
+    if positions == "contiguous":
+        return inputs
+    if positions != "original":
+        raise InputError(f"unknown positions mode {positions!r}; expected 'contiguous' or 'original'")
+    out = dict(inputs)
+    out["position_ids"] = original_positions(inputs)
+    if out.get("attention_mask") is None:
+        out["attention_mask"] = torch.ones_like(inputs["input_ids"])
+    return out
+
+
 def drop_columns(inputs: dict[str, Any], drop: torch.Tensor, pad_id: int) -> dict[str, Any]:
     """Remove the ``drop`` (B, L) positions from every per-token tensor of ``inputs`` and re-pad the rows to one
     length, on the side the batch is padded (left when unsure, as generation wants).

@@ -39,7 +39,8 @@ from zoprune import Budget, ImageTokens, ModelAdapter, UnsupportedModelError, ho
 from zoprune_plugins.adapters.common import (ViewTokens, VisualInput, assign_to_prompts, drop_columns, drop_mask,
                                              encoder_outputs, kept_per_input, number_in_prompt, pad_token_id,
                                              placeholder_columns, placeholder_counts, require_input_ids,
-                                             shared_budgets, strip, with_text_embeddings)
+                                             shared_budgets, strip, with_positions,
+                                             with_text_embeddings)
 from zoprune_plugins.adapters.llava_next import append_merged
 
 # config.model_type -> (projector path under the base model, the projector's token-regrouping steps that come before
@@ -159,6 +160,13 @@ class GenericAdapter(ModelAdapter):
                      "a fixed one), so it cannot shrink images")
 
     @property
+    def position_modes(self) -> frozenset[str]:  # type: ignore[override]
+        """``original`` where the model's forward takes ``position_ids`` (1-D positions, which ``generate``
+        continues from the last given one)."""
+        takes = "position_ids" in inspect.signature(self.model.forward).parameters
+        return frozenset({"contiguous", "original"} if takes else {"contiguous"})
+
+    @property
     def _inner(self) -> torch.nn.Module:
         return self.model.model
 
@@ -276,7 +284,9 @@ class GenericAdapter(ModelAdapter):
         return shared_budgets(budget, images, split=True)
 
     def pruned_inputs(self, inputs: dict[str, Any], images: list[ImageTokens], kept: list[torch.Tensor],
-                      merged: list[torch.Tensor | None] | None = None) -> dict[str, Any]:
+                      merged: list[torch.Tensor | None] | None = None,
+                      positions: str = "contiguous") -> dict[str, Any]:
+        inputs = with_positions(inputs, positions)  # "original": position_ids of the unpruned prompt, gathered below
         input_ids = inputs["input_ids"]
         keys = self.vision_keys()
         per_input = kept_per_input(images, kept)

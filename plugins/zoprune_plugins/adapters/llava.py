@@ -20,7 +20,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from zoprune import ImageTokens, InputError, ModelAdapter, hookimpl
 from zoprune_plugins.adapters.common import (TEXT_EMBEDDINGS, drop_columns, pad_token_id, placeholder_counts,
-                                             require_input_ids, with_text_embeddings)
+                                             require_input_ids, with_positions, with_text_embeddings)
 from zoprune_plugins.adapters.llm_pruning import ImageColumns, inside_language_model
 from zoprune_plugins.adapters.vision_attention import cls_attention, encoder_layers, mean_keys
 
@@ -32,6 +32,7 @@ class LlavaAdapter(ModelAdapter):
     model_classes = ("LlavaForConditionalGeneration",)
     provides = frozenset({"cls_attention", "vision_keys", TEXT_EMBEDDINGS})
     places_merged = True
+    position_modes = frozenset({"contiguous", "original"})
 
     @property
     def _inner(self):
@@ -142,7 +143,9 @@ class LlavaAdapter(ModelAdapter):
         return counts
 
     def pruned_inputs(self, inputs: dict[str, Any], images: list[ImageTokens], kept: list[torch.Tensor],
-                      merged: list[torch.Tensor | None] | None = None) -> dict[str, Any]:
+                      merged: list[torch.Tensor | None] | None = None,
+                      positions: str = "contiguous") -> dict[str, Any]:
+        inputs = with_positions(inputs, positions)  # "original": position_ids of the unpruned prompt, gathered below
         input_ids = inputs["input_ids"]  # (B, L)
         merged = merged if merged is not None else [None] * len(images)
         drop = torch.zeros_like(input_ids, dtype=torch.bool)

@@ -41,7 +41,8 @@ from zoprune import Budget, ComponentConfig, ImageTokens, InputError, PrunedEmbe
 from zoprune_plugins.adapters.common import (ViewTokens, VisualInput, assign_to_prompts, drop_columns,
                                              drop_mask, encoder_outputs, kept_per_input, pad_token_id,
                                              placeholder_columns, placeholder_counts, pruned_per_input,
-                                             require_input_ids, shared_budgets, strip, with_text_embeddings)
+                                             require_input_ids, shared_budgets, strip, with_positions,
+                                             with_text_embeddings)
 from zoprune_plugins.adapters.llava import LlavaAdapter, tokens_per_image
 from zoprune_plugins.adapters.llm_pruning import ImageColumns
 
@@ -156,7 +157,9 @@ class LlavaNextAdapter(LlavaAdapter):
         return shared_budgets(budget, images, split=self.config.budget_policy == "per_tile")
 
     def pruned_inputs(self, inputs: dict[str, Any], images: list[ImageTokens], kept: list[torch.Tensor],
-                      merged: list[torch.Tensor | None] | None = None) -> dict[str, Any]:
+                      merged: list[torch.Tensor | None] | None = None,
+                      positions: str = "contiguous") -> dict[str, Any]:
+        inputs = with_positions(inputs, positions)  # "original": position_ids of the unpruned prompt, gathered below
         per_input = kept_per_input(images, kept)
         input_ids = inputs["input_ids"]
         per_token = {key: value for key, value in inputs.items()

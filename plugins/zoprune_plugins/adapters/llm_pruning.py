@@ -8,7 +8,11 @@ Qwen2-VL / Qwen2.5-VL text models):
 * before layer ``K-1`` runs in the prefill, the attention its text queries pay every key is computed from the
   hidden state entering it (norm, q/k projections, RoPE, grouped-query heads, the model's own causal + padding
   mask; softmax in float32) -- the row eager attention would return, with the model on SDPA;
-* the caller's ``select`` callback gets one :class:`~zoprune.ImageTokens` per image and returns the kept indices;
+* in the same pass every token's key L1 norm in layer ``K-1`` is computed (post-RoPE keys, DART's pivot signal);
+* once layer ``K-1`` has run, the caller's ``select`` callback gets one :class:`~zoprune.ImageTokens` per image
+  (``extras``: ``llm_attention``, ``llm_attention_text``, ``llm_key_norm`` (N,), ``llm_states`` (N, d) = layer
+  ``K-1``'s output through the model's final norm, and ``llm_text_key_norm`` (T,) / ``llm_text_states`` (T, d) of
+  the prompt's text tokens after the image, or all its text tokens when none follows) and returns the kept indices;
 * a pre-hook on layer ``K`` gathers the kept columns of the hidden states (each prompt keeps its text and its kept
   image tokens in order, re-padded on the left to one width); every layer ``>= K`` gets the matching rows and
   columns of the 4D mask and the position embeddings of the kept tokens' *original* positions.
@@ -63,7 +67,7 @@ def inside_language_model(language_model: torch.nn.Module, inputs: dict[str, Any
         return contextlib.nullcontext()
     return InsideLLM(language_model.layers, layer, images, inputs.get("attention_mask"), input_ids.shape[1],
                      input_ids.shape[0], select, dtype, language_model.config._attn_implementation,
-                     always=always, never=never)
+                     always=always, never=never, norm=getattr(language_model, "norm", None))
 
 
 def check_decoder_layer(layer: torch.nn.Module) -> None:
@@ -104,6 +108,25 @@ def attention_rows(layer: torch.nn.Module, hidden: torch.Tensor, allowed: torch.
     return logits.softmax(dim=-1).mean(dim=1)
 
 
+def key_norms(layer: torch.nn.Module, hidden: torch.Tensor,
+              position_embeddings: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """L1 norm of every token's key in one decoder layer, all key heads together: the keys attention uses (norm,
+    k projection, per-head norm where the model has one, RoPE). ``hidden`` (B, L, d) enters ``layer``; returns
+    (B, L) float32. (Repeating the key heads for grouped-query attention, as DART's code does before the norm,
+    multiplies every norm by the same group count: the order is the same.)"""
+    attn = layer.self_attn
+    rope = getattr(sys.modules[type(attn).__module__], "apply_rotary_pos_emb", None)
+    if rope is None:
+        raise UnsupportedModelError(f"cannot find the rotary embedding of {type(attn).__module__}")
+    batch, length = hidden.shape[:2]
+    k = attn.k_proj(layer.input_layernorm(hidden)).view(batch, length, -1, attn.head_dim)  # (B, L, Hkv, hd)
+    if hasattr(attn, "k_norm"):  # Qwen3-style per-head norms
+        k = attn.k_norm(k)
+    cos, sin = (t.expand(batch, *t.shape[1:]) for t in position_embeddings)
+    k = rope(k.transpose(1, 2), k.transpose(1, 2), cos, sin)[1]  # (B, Hkv, L, hd), post-RoPE
+    return k.float().abs().sum(dim=(1, 3))
+
+
 def allowed_from_mask(mask: torch.Tensor | None, batch: int, q: int, kv: int, device: torch.device) -> torch.Tensor:
     """A model's 4D attention mask (bool, or float with 0 = attend) as (B, q, kv) bool; None means plain causal."""
     if mask is None:
@@ -139,7 +162,8 @@ class InsideLLM:
     def __init__(self, layers: torch.nn.ModuleList, k: int, images: list[ImageColumns],
                  attention_mask: torch.Tensor | None, input_length: int, batch: int,
                  select: Callable[[list[ImageTokens]], list[torch.Tensor]], dtype: torch.dtype, implementation: str,
-                 always: torch.Tensor | None = None, never: torch.Tensor | None = None):
+                 always: torch.Tensor | None = None, never: torch.Tensor | None = None,
+                 norm: torch.nn.Module | None = None):
         if implementation not in SUPPORTED_ATTENTION:
             raise UnsupportedModelError(
                 f"pruning inside the language model needs eager or sdpa attention, not {implementation!r}; load "
@@ -154,6 +178,8 @@ class InsideLLM:
         self.layers, self.k, self.images, self.select = layers, k, images, select
         self.padding = attention_mask.bool() if attention_mask is not None else None
         self.always, self.never = always, never  # (B, L) bool or None
+        self.norm = norm if norm is not None else torch.nn.Identity()  # the model's final norm (DART's states)
+        self.pending: dict[str, Any] | None = None  # the prefill's signals, between layer K-1's two hooks
         self.length, self.batch, self.dtype, self.implementation = input_length, batch, dtype, implementation
         self.handles: list[Any] = []
         self.index: torch.Tensor | None = None  # (B', W) long: columns of the full sequence kept, per row
@@ -167,6 +193,7 @@ class InsideLLM:
         self.thread = threading.get_ident()
         self.handles.append(self.layers[self.k - 1].register_forward_pre_hook(self._before_scoring_layer,
                                                                             with_kwargs=True))
+        self.handles.append(self.layers[self.k - 1].register_forward_hook(self._after_scoring_layer))
         for layer in self.layers[self.k:]:
             self.handles.append(layer.register_forward_pre_hook(self._before_pruned_layer, with_kwargs=True))
         return self
@@ -190,19 +217,9 @@ class InsideLLM:
             if q != self.length or rows % self.batch:
                 raise InputError(f"the language model's first pass has {rows} x {q} tokens, expected "
                                  f"{self.batch} x {self.length} (the inputs given to the pruned model)")
-            self._choose(module, hidden, mask, (cos, sin))
-            self.prefill = True
-            allowed = allowed_from_mask(mask, rows, q, q, hidden.device)
-            index, valid = self.index, self.valid
-            allowed = allowed.gather(1, index[:, :, None].expand(-1, -1, q)).gather(
-                2, index[:, None, :].expand(-1, index.shape[1], -1))
-            allowed = allowed & valid[:, None, :]
-            allowed = allowed | torch.diag_embed(~valid)  # padding slots attend to themselves: no empty rows
-            self.current = {
-                "attention_mask": mask_like(allowed, mask, self.implementation, hidden.dtype),
-                "position_embeddings": tuple(_gather_tokens(t.expand(rows, *t.shape[1:]), index) for t in (cos, sin)),
-                "position_ids": _gather_positions(kwargs.get("position_ids"), index, rows),
-            }
+            # the signals read from what enters layer K-1; the selection waits for the layer's output
+            self.pending = self._signals(module, hidden, mask, (cos, sin))
+            self.pending.update(mask=mask, cos=cos, sin=sin, position_ids=kwargs.get("position_ids"))
         else:
             self.prefill = False
             # keys of layer 0 (which caches every token) in this pass; the mask, when there is one, says the same
@@ -220,7 +237,31 @@ class InsideLLM:
             self.current = {"attention_mask": new_mask}
         return None
 
-    def _choose(self, layer, hidden, mask, position_embeddings) -> None:
+    def _after_scoring_layer(self, module, args, output):
+        if self.pending is None or threading.get_ident() != self.thread:
+            return None
+        pending, self.pending = self.pending, None
+        hidden_out = output[0] if isinstance(output, tuple) else output  # (B', L, d): what enters layer K
+        mask, cos, sin = pending["mask"], pending["cos"], pending["sin"]
+        rows, q = hidden_out.shape[:2]
+        self._choose(pending, hidden_out)
+        self.prefill = True
+        allowed = allowed_from_mask(mask, rows, q, q, hidden_out.device)
+        index, valid = self.index, self.valid
+        allowed = allowed.gather(1, index[:, :, None].expand(-1, -1, q)).gather(
+            2, index[:, None, :].expand(-1, index.shape[1], -1))
+        allowed = allowed & valid[:, None, :]
+        allowed = allowed | torch.diag_embed(~valid)  # padding slots attend to themselves: no empty rows
+        self.current = {
+            "attention_mask": mask_like(allowed, mask, self.implementation, hidden_out.dtype),
+            "position_embeddings": tuple(_gather_tokens(t.expand(rows, *t.shape[1:]), index) for t in (cos, sin)),
+            "position_ids": _gather_positions(pending["position_ids"], index, rows),
+        }
+        return None
+
+    def _signals(self, layer, hidden, mask, position_embeddings) -> dict[str, Any]:
+        """What the selectors read from the hidden state entering layer K-1 (one row per prompt): the attention
+        rows of the last and the text queries (FastV), every token's key L1 norm (DART), the columns' roles."""
         rows, length = hidden.shape[:2]
         expand = rows // self.batch
         device = hidden.device
@@ -247,16 +288,33 @@ class InsideLLM:
         text_rows = attention[:, 1:]
         weights = (torch.arange(width, device=device)[None] < counts[:, None]).float()
         text_mean = (text_rows * weights[:, :, None]).sum(dim=1) / counts.clamp(min=1)[:, None]
+        return {"first": first, "expand": expand, "padding": padding, "never": never, "text": text,
+                "entering": hidden, "last_row": last_row, "text_mean": text_mean,
+                "key_norm": key_norms(layer, hidden[first], (cos, sin))}  # (B, L)
 
+    def _choose(self, pending: dict[str, Any], hidden_out: torch.Tensor) -> None:
+        """Call ``select`` with every entry's tokens and signals, and set the kept columns (``index``, ``valid``)."""
+        first, expand, padding, never, text = (pending[key] for key in ("first", "expand", "padding", "never",
+                                                                        "text"))
+        hidden, last_row, text_mean, key_norm = (pending[key] for key in ("entering", "last_row", "text_mean",
+                                                                          "key_norm"))
+        length, device = hidden.shape[1], hidden.device
+        states_out = self.norm(hidden_out[first]).to(self.dtype)  # (B, L, d): layer K-1's output, final-normed
         tokens = []
         for entry in self.images:
             columns = entry.columns.to(device)
             states = hidden[first[entry.sample], columns]
+            after = text[entry.sample] & (torch.arange(length, device=device) > columns.max())
+            text_columns = (after if bool(after.any()) else text[entry.sample]).nonzero().squeeze(-1)
             tokens.append(ViewTokens(
                 features=states.to(self.dtype), embeddings=states.to(self.dtype), model_embeddings=states,
                 projector=lambda x: x, sample=entry.sample, image=entry.image, grid=None,
                 extras={"llm_attention": last_row[entry.sample, columns],
-                        "llm_attention_text": text_mean[entry.sample, columns]},
+                        "llm_attention_text": text_mean[entry.sample, columns],
+                        "llm_key_norm": key_norm[entry.sample, columns],
+                        "llm_states": states_out[entry.sample, columns],
+                        "llm_text_key_norm": key_norm[entry.sample, text_columns],
+                        "llm_text_states": states_out[entry.sample, text_columns]},
                 view=entry.view, source=entry.source))
         kept = self.select(tokens)
 

@@ -17,6 +17,11 @@ full prompt come from the model's own ``get_rope_index``, and the pruned call ge
 ``attention_mask``. ``generate`` continues every row from the last position + 1, exactly as it does unpruned, so
 the generated tokens sit where they would without pruning.
 
+``PipelineConfig.positions`` does not change this: ``original`` is what these adapters always do, and
+``contiguous`` (the default, which renumbers the kept tokens densely on 1-D RoPE families) keeps the 3-D positions
+too, since densely renumbered M-RoPE positions (height and width indices of a grid with holes) mean nothing the model
+was trained on. Both values give the same inputs (a test checks it).
+
 **Merged tokens** (``pool``, ``visionzip``) go after their input's kept tokens, each at the rounded mean 3-D position
 of the tokens merged into it (``place_merged``). **Downsampling** (the ``downsample`` selector): ``downsample``
 shrinks each image's pixels before the tower to about the budget's tokens.
@@ -89,6 +94,7 @@ class Qwen2VLAdapter(ModelAdapter):
     Config = QwenVLAdapterConfig
     model_classes = ("Qwen2VLForConditionalGeneration",)
     provides: ClassVar[frozenset[str]] = frozenset({"text_embeddings"})
+    position_modes = frozenset({"contiguous", "original"})  # the same inputs either way: see the module docstring
     #: whether the hook point of ``inside_llm`` reproduces this language model with every token kept; where it does
     #: not (Qwen3-VL, Qwen3.5, GLM-4V on their tiny models; the cause is not found yet) FastV is refused by name
     hook_point_exact: ClassVar[bool] = True
@@ -244,7 +250,9 @@ class Qwen2VLAdapter(ModelAdapter):
 
     def pruned_inputs(self, inputs: dict[str, Any], images: list[ImageTokens], kept: list[torch.Tensor],
                       merged: list[torch.Tensor | None] | None = None,
-                      groups: list[torch.Tensor | None] | None = None) -> dict[str, Any]:
+                      groups: list[torch.Tensor | None] | None = None,
+                      positions: str = "contiguous") -> dict[str, Any]:
+        # `positions` changes nothing: 3-D M-RoPE positions are always the unpruned prompt's (module docstring)
         input_ids = inputs["input_ids"]
         mask = inputs.get("attention_mask")
         if mask is None:  # positions with gaps and no mask would be read as packed sequences: always pass one

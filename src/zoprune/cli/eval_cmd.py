@@ -39,6 +39,9 @@ def eval_command(
     reference: Optional[str] = typer.Option(None, "--reference", help="method the others are compared with, "
                                             "question by question, at the same budget (or 'unpruned') "
                                             "[default: divprune when it runs, else the first method]"),
+    positions: Optional[str] = typer.Option(
+        None, "--positions", help="contiguous or original: rotary positions after pre-LLM pruning, for every "
+        "method [default: each method's config]"),
     batch_size: int = typer.Option(50, "--batch-size", min=1),
     out: Path = typer.Option(Path("zoprune-eval"), "--out",
                              help="folder for results.csv, results.json (with each method's whole config), "
@@ -69,6 +72,10 @@ def eval_command(
             notes.append(f"the reference {label} is not among the methods; it runs too")
         reference = label
     reference = reference or default_reference(list(methods))
+    if positions is not None:
+        from zoprune.pipeline import resolve_config
+
+        methods = {label: resolve_config(config, positions=positions) for label, config in methods.items()}
     notes = [note for text, _, config in resolved for note in method_notes(text, config, budget_given=True)] + notes
     if plot:
         require_matplotlib()

@@ -27,6 +27,8 @@ def run(
                                          "selector or SCORER+SELECTOR, instead of --config"),
     keep: Optional[int] = typer.Option(None, "--keep", help="visual tokens kept per image (overrides the config)"),
     ratio: Optional[float] = typer.Option(None, "--ratio", help="fraction of visual tokens kept, in (0, 1]"),
+    positions: Optional[str] = typer.Option(None, "--positions", help="contiguous or original: rotary positions "
+                                            "after pre-LLM pruning (overrides the config)"),
     max_new_tokens: int = typer.Option(32, "--max-new-tokens", min=1),
     compare: bool = typer.Option(False, "--compare", help="also answer with every token, for comparison"),
     dtype: str = typer.Option("float32", "--dtype", help="model dtype: float32, bfloat16 or float16"),
@@ -38,7 +40,7 @@ def run(
     if config is not None and method is not None:
         raise ZopruneError("give --config or --method, not both")
     source = resolve_method(method)[1] if method is not None else str(config) if config else None
-    cfg = pipeline_config(source, keep=keep, ratio=ratio)
+    cfg = pipeline_config(source, keep=keep, ratio=ratio, **({"positions": positions} if positions else {}))
     check_device(device)
     if method is not None or config is not None:
         notes = method_notes(method or str(config), cfg, budget_given=keep is not None or ratio is not None)
