@@ -134,7 +134,7 @@ def eval_command(
 
 def runnable_methods(model, methods: dict) -> tuple[dict, list[tuple[str, str]]]:
     """The methods ``zoprune.prune`` accepts for ``model`` (building a pipeline runs nothing), and the others with
-    the first sentence of the reason (e.g. ``downsample`` on a fixed-resolution LLaVA)."""
+    the first clause of the reason (e.g. ``downsample`` on a fixed-resolution LLaVA)."""
     import zoprune
     from zoprune.errors import ConfigError, UnsupportedModelError
 
@@ -143,7 +143,7 @@ def runnable_methods(model, methods: dict) -> tuple[dict, list[tuple[str, str]]]
         try:
             zoprune.prune(model, config)
         except (ConfigError, UnsupportedModelError) as error:
-            left_out.append((label, str(error).split(". ")[0]))
+            left_out.append((label, str(error).split(". ")[0].split("; ")[0]))
             continue
         kept[label] = config
     return kept, left_out
