@@ -1,13 +1,13 @@
-"""Selectors keeping 10% of N = 576, 2880, 16384 projected tokens (d = 4096)."""
+"""Selectors keeping 10% of N = 576, 2880, 16384 projected tokens (d = 4096; a square grid at 576 and 16384)."""
 
 import pytest
 import torch
 from bench_inputs import SIZES
 
-from zoprune import Context
+from zoprune import Context, Merge
 from zoprune.registry import get_registry
 
-SELECTORS = ["coverage", "divprune", "topk", "scope", "vispruner", "mmr", "cdpruner"]
+SELECTORS = ["coverage", "divprune", "topk", "scope", "vispruner", "mmr", "cdpruner", "holov", "pool"]
 
 
 @pytest.mark.parametrize("name", SELECTORS)
@@ -19,4 +19,7 @@ def test_select_ten_percent(benchmark, image_tokens, name, n):
     k = n // 10
     kept = benchmark.pedantic(selector.select, args=(scores, tokens, k, Context(torch.Generator().manual_seed(0))),
                               rounds=2, iterations=1)
-    assert kept.shape == (k,)
+    if isinstance(kept, Merge):  # pool builds all k tokens
+        assert kept.kept.numel() + kept.embeddings.shape[0] == k
+    else:
+        assert kept.shape == (k,)

@@ -239,3 +239,20 @@ def test_lmms_task_command_writes_the_folder_and_says_how_to_run_it(tmp_path):
     assert "task: shapes14\n" in (tmp_path / "shapes14" / "shapes14.yaml").read_text()
     assert (tmp_path / "shapes14" / "test.parquet").stat().st_size > 14 * 5_000  # 14 noisy 96x96 PNGs
     assert f"--include_path {tmp_path} --tasks shapes14" in " ".join(result.output.split())
+
+
+def test_lmms_task_command_writes_the_hard_split_eval_asks(tmp_path):
+    from datasets import Dataset
+    from typer.testing import CliRunner
+
+    from zoprune.cli import app
+
+    result = CliRunner().invoke(app, ["lmms-task", str(tmp_path), "--n", "7", "--split", "hard", "--name", "h7"])
+    assert result.exit_code == 0, result.output
+    assert "split: hard\n" in (tmp_path / "h7" / "h7.yaml").read_text()
+    rows = Dataset.from_parquet(str(tmp_path / "h7" / "test.parquet"))
+    hard, standard = shapes_examples(7, SEED, "hard"), shapes_examples(7, SEED)
+    assert [r["question"] for r in rows] == [e.question for e in hard]
+    assert [r["question"] for r in rows] != [e.question for e in standard]  # the split changed what was written
+    bad = CliRunner().invoke(app, ["lmms-task", str(tmp_path), "--split", "easy"])
+    assert bad.exit_code != 0 and "unknown split 'easy'" in bad.output

@@ -221,19 +221,23 @@ def _promote(incoming: torch.Tensor, t: int, embeddings: torch.Tensor, kept_rows
     bound[incoming] = float("-inf")
 
 
-def _catch_up(index: torch.Tensor, normalised: torch.Tensor, t: int, kept_rows: torch.Tensor,
-              max_cos: torch.Tensor, seen: torch.Tensor) -> None:
-    """max_cos[index] against all t kept rows. ``normalised``: the tokens' rows (p, d), normalised."""
+def _missed_buckets(index: torch.Tensor, t: int, seen: torch.Tensor) -> list[tuple[torch.Tensor, int]]:
+    """The tokens ``index`` that missed some of the t kept rows, bucketed by how many they missed (within a factor
+    2), so that a token that missed 2 is not multiplied against the 1000 another one missed: per bucket, its
+    positions in ``index`` and the oldest kept row one of them missed (one product per bucket)."""
     missing = (t - seen[index]).tolist()
-    # bucket the tokens by how many kept rows they missed (within a factor 2), so that a token that missed 2 is
-    # not multiplied against the 1000 another one missed: one (b, d) x (d, most missed) product per bucket
     levels: dict[int, list[int]] = {}
     for position, count in enumerate(missing):
         if count > 0:
             levels.setdefault(count.bit_length() - 1, []).append(position)
-    for members in levels.values():
-        oldest = t - max(missing[m] for m in members)
-        member = torch.tensor(members, device=index.device)
+    return [(torch.tensor(members, device=index.device), t - max(missing[m] for m in members))
+            for members in levels.values()]
+
+
+def _catch_up(index: torch.Tensor, normalised: torch.Tensor, t: int, kept_rows: torch.Tensor,
+              max_cos: torch.Tensor, seen: torch.Tensor) -> None:
+    """max_cos[index] against all t kept rows. ``normalised``: the tokens' rows (p, d), normalised."""
+    for member, oldest in _missed_buckets(index, t, seen):
         cos = (normalised[member] @ kept_rows[oldest:t].T).amax(dim=1)  # (b,)
         which = index[member]
         max_cos[which] = torch.maximum(max_cos[which], cos)
@@ -245,14 +249,7 @@ def _catch_up_span(index: torch.Tensor, normalised: torch.Tensor, t: int, basis:
     """residual[index] (squared distance to the span of the kept tokens) against all t rows of the orthonormal
     ``basis``: each token subtracts the squared projections on the basis rows it has not seen yet (unlike a
     maximum, a sum must not count a row twice, so the rows a token saw are masked out of its bucket's product)."""
-    missing = (t - seen[index]).tolist()
-    levels: dict[int, list[int]] = {}
-    for position, count in enumerate(missing):
-        if count > 0:
-            levels.setdefault(count.bit_length() - 1, []).append(position)
-    for members in levels.values():
-        oldest = t - max(missing[m] for m in members)
-        member = torch.tensor(members, device=index.device)
+    for member, oldest in _missed_buckets(index, t, seen):
         which = index[member]
         projections = normalised[member] @ basis[oldest:t].T  # (b, t - oldest)
         unseen = torch.arange(oldest, t, device=index.device)[None, :] >= seen[which][:, None]

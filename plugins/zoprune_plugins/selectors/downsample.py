@@ -13,24 +13,16 @@ from __future__ import annotations
 
 import math
 
-import torch
-
-from zoprune import Context, ImageTokens, Selector, hookimpl
-from zoprune_plugins.selectors.uniform import evenly_spaced, grid_select
+from zoprune import hookimpl
+from zoprune_plugins.selectors.uniform import Uniform
 
 
-class Downsample(Selector):
-    """Keep k of the shrunk image's tokens on a regular lattice (all of them when it has exactly k)."""
+class Downsample(Uniform):
+    """Keep k of the shrunk image's tokens on a regular lattice, ``uniform``'s rule (all of them when it has
+    exactly k)."""
 
     name = "downsample"
-    needs_scores = False
     resizes_images = True
-
-    def select(self, scores: torch.Tensor | None, tokens: ImageTokens, k: int, ctx: Context) -> torch.Tensor:
-        device = tokens.features.device
-        if tokens.grid is None:
-            return evenly_spaced(tokens.num_tokens, k, device)
-        return grid_select(tokens.grid, k, device)
 
 
 def downsampled_grid(rows: int, cols: int, k: int) -> tuple[int, int]:

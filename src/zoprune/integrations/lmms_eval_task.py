@@ -14,7 +14,8 @@ from typing import Any
 TASK = "zoprune_shapes"
 
 TASK_YAML = """\
-# The shapes held-out set of zoprune's shipped model ({n} questions, seed {seed}), written by `zoprune lmms-task`.
+# The shapes held-out set of zoprune's shipped model ({n} questions, seed {seed}, {split} split), written by
+# `zoprune lmms-task`.
 # Run: python -m lmms_eval --model zoprune --model_args method=zoo-prune,budget=16 \\
 #        --include_path {folder} --tasks {task} --batch_size 8 --output_path out
 task: {task}
@@ -39,6 +40,7 @@ metadata:
   version: 1.0
   n: {n}
   seed: {seed}
+  split: {split}
 """
 
 
@@ -50,13 +52,14 @@ def process_results(doc: dict[str, Any], results: list[str]) -> dict[str, float]
     return {"exact_match": float(normalize(answer) == normalize(doc["answer"]))}
 
 
-def write_shapes_task(folder: str | Path, n: int, seed: int, task: str = TASK) -> Path:
-    """Write the task folder ``folder/task`` (YAML and ``test.parquet``) and return it."""
+def write_shapes_task(folder: str | Path, n: int, seed: int, task: str = TASK, split: str = "standard") -> Path:
+    """Write the task folder ``folder/task`` (YAML and ``test.parquet``) with the ``n`` questions of ``split`` that
+    ``zoprune eval --n n --seed seed --split split`` asks, and return it."""
     from datasets import Dataset, Features, Image, Value
 
     from zoprune.shapes.data import make_dataset
 
-    examples = make_dataset(n, seed)
+    examples = make_dataset(n, seed, split)
     features = Features({"id": Value("int32"), "image": Image(), "question": Value("string"),
                          "answer": Value("string"), "kind": Value("string")})
     rows = {"id": list(range(n)), "image": [e.image for e in examples], "question": [e.question for e in examples],
@@ -64,5 +67,5 @@ def write_shapes_task(folder: str | Path, n: int, seed: int, task: str = TASK) -
     out = Path(folder) / task
     out.mkdir(parents=True, exist_ok=True)
     Dataset.from_dict(rows, features=features).to_parquet(str(out / "test.parquet"))
-    (out / f"{task}.yaml").write_text(TASK_YAML.format(n=n, seed=seed, task=task, folder=Path(folder)))
+    (out / f"{task}.yaml").write_text(TASK_YAML.format(n=n, seed=seed, split=split, task=task, folder=Path(folder)))
     return out
