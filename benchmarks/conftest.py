@@ -4,20 +4,16 @@ Run: ``python -m pytest benchmarks --benchmark-only -p no:cacheprovider`` (the d
 ``tests/`` and skips benchmarks).
 """
 
-import math
-
 import pytest
-import torch
-from bench_inputs import features
-from torch import nn
+from bench_inputs import image_tokens as stand_in_tokens
+from bench_inputs import llava_projector
 
 from zoprune import ImageTokens
 
 
 @pytest.fixture(scope="session")
 def projector():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(1024, 4096), nn.GELU(), nn.Linear(4096, 4096)).eval()
+    return llava_projector()
 
 
 @pytest.fixture(scope="session")
@@ -26,15 +22,7 @@ def image_tokens(projector):
 
     def make(n: int) -> ImageTokens:
         if n not in cache:
-            x = features(n)
-            with torch.no_grad():
-                z = torch.cat([projector(b) for b in x.split(2048)])
-            # cdpruner's prompt: 32 text tokens in the embedding space (LLaVA-1.5 prompts hold ~30-60)
-            text = torch.randn(32, z.shape[1], generator=torch.Generator().manual_seed(1)) * z.std() + z.mean(dim=0)
-            side = math.isqrt(n)  # a square patch grid where N is one (576, 16384), as LLaVA's; none for 2880
-            cache[n] = ImageTokens(features=x, embeddings=z, model_embeddings=z, projector=projector, sample=0,
-                                   image=0, grid=(side, side) if side * side == n else None,
-                                   extras={"text_embeddings": text})
+            cache[n] = stand_in_tokens(n, projector)
         return cache[n]
 
     return make

@@ -8,23 +8,18 @@ the one-pass-per-pick reference loop (~30 s per case) and checks that the picks 
 times DivPrune (its first pick, then the same greedy with equal sensitivities).
 """
 import argparse
-import gc
 import sys
 import time
 from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests" / "plugins" / "selectors"))
+from measure import timed  # noqa: E402
 from test_coverage_scale import vlm_like  # noqa: E402
 from zoprune_plugins.selectors.coverage import coverage_select, coverage_select_dense  # noqa: E402
 from zoprune_plugins.selectors.divprune import divprune_select  # noqa: E402
-
-
-def rss(key):
-    for line in open("/proc/self/status"):
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) / 1024
 
 
 parser = argparse.ArgumentParser()
@@ -45,15 +40,9 @@ for d in (int(w) for w in args.widths.split(",")):
             selectors["divprune"] = lambda: divprune_select(z, n // 10)
         for name, select in selectors.items():
             for rep in range(args.repeats):
-                gc.collect()
-                with open("/proc/self/clear_refs", "w") as f:
-                    f.write("5")  # reset the RSS high-water mark
-                base = rss("VmRSS")
-                t = time.perf_counter()
-                picks = select()
-                dt = time.perf_counter() - t
+                picks, dt, peak = timed(select)
                 print(f"{name:8s} N={n} d={d} {kind:8s} k={n // 10}: {dt:.2f} s, "
-                      f"peak extra RSS {rss('VmHWM') - base:.0f} MB", flush=True)
+                      f"peak extra RSS {peak:.0f} MB", flush=True)
             if name == "coverage":
                 kept = picks
         if args.dense:
