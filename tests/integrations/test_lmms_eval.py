@@ -249,7 +249,7 @@ def test_lmms_task_command_writes_the_hard_split_eval_asks(tmp_path):
 
     result = CliRunner().invoke(app, ["lmms-task", str(tmp_path), "--n", "7", "--split", "hard", "--name", "h7"])
     assert result.exit_code == 0, result.output
-    assert "split: hard\n" in (tmp_path / "h7" / "h7.yaml").read_text()
+    assert "seed 20261124, hard split)" in (tmp_path / "h7" / "h7.yaml").read_text()
     rows = Dataset.from_parquet(str(tmp_path / "h7" / "test.parquet"))
     hard, standard = shapes_examples(7, SEED, "hard"), shapes_examples(7, SEED)
     assert [r["question"] for r in rows] == [e.question for e in hard]

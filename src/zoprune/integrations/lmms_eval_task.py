@@ -15,7 +15,7 @@ TASK = "zoprune_shapes"
 
 TASK_YAML = """\
 # The shapes held-out set of zoprune's shipped model ({n} questions, seed {seed}, {split} split), written by
-# `zoprune lmms-task`.
+# `zoprune lmms-task`. (Not a metadata key: lmms-eval 0.7.3 reads `split` there as each request's dataset split.)
 # Run: python -m lmms_eval --model zoprune --model_args method=zoo-prune,budget=16 \\
 #        --include_path {folder} --tasks {task} --batch_size 8 --output_path out
 task: {task}
@@ -40,7 +40,6 @@ metadata:
   version: 1.0
   n: {n}
   seed: {seed}
-  split: {split}
 """
 
 
