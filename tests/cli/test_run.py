@@ -74,3 +74,13 @@ def test_plugins_lists_builtins_and_external(tmp_path):
     for name in ("zo_sensitivity", "coverage", "topk", "llava", "contrast", "stratified"):
         assert name in result.output
     assert "zoprune-example" in result.output
+
+
+@pytest.mark.parametrize("command", [["run"], ["embed", "--out", "unused.safetensors"]])
+def test_config_and_method_together_are_refused_before_anything_loads(command, tmp_path):
+    # the image does not exist: the refusal must come first, from the options alone
+    result = runner.invoke(app, [*command, "--image", str(tmp_path / "absent.png"), "--prompt", "q",
+                                 "--method", "divprune", "--config", "configs/scope.yaml"])
+    assert result.exit_code != 0
+    assert "give --config or --method, not both" in result.output
+    assert "Traceback" not in result.output

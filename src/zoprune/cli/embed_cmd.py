@@ -8,8 +8,7 @@ from typing import List, Optional
 import typer
 
 from zoprune.cli.app import app, console, friendly_errors
-from zoprune.cli.loading import load_image, load_model, pipeline_config, prompt_text, resolve_method
-from zoprune.errors import ZopruneError
+from zoprune.cli.loading import chosen_config, load_image, load_model, prompt_text
 
 
 @app.command(short_help="Pruned image embeddings for a server (vLLM).")
@@ -33,10 +32,7 @@ def embed(
     import zoprune
     from zoprune.embeddings import save_embeddings
 
-    if config is not None and method is not None:
-        raise ZopruneError("give --config or --method, not both")
-    source = resolve_method(method)[1] if method is not None else str(config) if config else None
-    cfg = pipeline_config(source, keep=keep, ratio=ratio)
+    cfg = chosen_config(config, method, keep=keep, ratio=ratio)
     pictures = [load_image(path) for path in image]
     with console.status("loading model"):
         hf_model, processor = load_model(model, dtype=dtype, device=device)

@@ -129,6 +129,16 @@ def pipeline_config(config: str | PipelineConfig | None, keep: int | None = None
     return resolve_config(config, **overrides)
 
 
+def chosen_config(config: Path | None, method: str | None, keep: int | None = None, ratio: float | None = None,
+                  **overrides: Any) -> PipelineConfig:
+    """The pipeline a command runs: ``--config`` or ``--method`` (not both; neither: the defaults), with ``--keep``
+    or ``--ratio`` and any other overrides applied (:func:`pipeline_config`)."""
+    if config is not None and method is not None:
+        raise ZopruneError("give --config or --method, not both")
+    source = resolve_method(method)[1] if method is not None else str(config) if config else None
+    return pipeline_config(source, keep=keep, ratio=ratio, **overrides)
+
+
 def method_notes(text: str, config: PipelineConfig, budget_given: bool) -> list[str]:
     """What resolving ``text`` decided that the text itself does not say, for the command to print: a default
     scorer added to a bare selector name, a config file's budget replaced by the command's."""

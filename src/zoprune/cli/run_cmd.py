@@ -11,9 +11,7 @@ import typer
 from rich.text import Text
 
 from zoprune.cli.app import app, console, friendly_errors
-from zoprune.cli.loading import (check_device, load_image, load_model, method_notes, pipeline_config, prompt_text,
-                                 resolve_method)
-from zoprune.errors import ZopruneError
+from zoprune.cli.loading import chosen_config, check_device, load_image, load_model, method_notes, prompt_text
 
 
 @app.command(short_help="Answer a prompt about an image with a pruned model.")
@@ -37,10 +35,7 @@ def run(
     """Answer PROMPT about IMAGE with the visual tokens pruned; print the answer, tokens kept and time."""
     import zoprune
 
-    if config is not None and method is not None:
-        raise ZopruneError("give --config or --method, not both")
-    source = resolve_method(method)[1] if method is not None else str(config) if config else None
-    cfg = pipeline_config(source, keep=keep, ratio=ratio, **({"positions": positions} if positions else {}))
+    cfg = chosen_config(config, method, keep=keep, ratio=ratio, **({"positions": positions} if positions else {}))
     check_device(device)
     if method is not None or config is not None:
         notes = method_notes(method or str(config), cfg, budget_given=keep is not None or ratio is not None)
