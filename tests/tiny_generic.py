@@ -78,6 +78,16 @@ FAMILIES: dict[str, Family] = {
 }
 
 
+def _built(model_class: type, config, attn_implementation: str, dtype: torch.dtype) -> torch.nn.Module:
+    """``model_class(config)`` with ``attn_implementation``, in eval mode and ``dtype``; generation pads with PAD_ID
+    and never stops early (random weights: lengths stay predictable). Seed before calling."""
+    config._attn_implementation = attn_implementation
+    model = model_class(config).eval().to(dtype)
+    model.generation_config.pad_token_id = PAD_ID
+    model.generation_config.eos_token_id = None
+    return model
+
+
 def tiny_model(name: str, seed: int = 0, dtype: torch.dtype = torch.float32,
                attn_implementation: str = "eager") -> torch.nn.Module:
     """The family's default config at toy size, randomly initialised."""
@@ -91,15 +101,11 @@ def tiny_model(name: str, seed: int = 0, dtype: torch.dtype = torch.float32,
     for key in ("image_token_id", "image_token_index"):
         if hasattr(config, key):
             setattr(config, key, IMAGE_TOKEN_ID)
-    config._attn_implementation = attn_implementation
     for sub in (config.vision_config, getattr(config, "text_config", None)):
         if sub is not None:
             sub._attn_implementation = attn_implementation
     torch.manual_seed(seed)
-    model = getattr(transformers, family.class_name)(config).eval().to(dtype)
-    model.generation_config.pad_token_id = PAD_ID
-    model.generation_config.eos_token_id = None  # random weights: never stop early, so lengths are predictable
-    return model
+    return _built(getattr(transformers, family.class_name), config, attn_implementation, dtype)
 
 
 def batch(model: torch.nn.Module, name: str, prompts: list[list[int]], images: list[int],
@@ -196,11 +202,7 @@ def tiny_llava_next_video(seed: int = 0, dtype: torch.dtype = torch.float32,
                                   video_token_index=AROUND_IDS[0], vision_feature_layer=-2,
                                   vision_feature_select_strategy="default",
                                   image_grid_pinpoints=[[16, 32], [32, 16], [32, 32]], projector_hidden_act="gelu")
-    config._attn_implementation = attn_implementation
-    model = LlavaNextVideoForConditionalGeneration(config).eval().to(dtype)
-    model.generation_config.pad_token_id = PAD_ID
-    model.generation_config.eos_token_id = None
-    return model
+    return _built(LlavaNextVideoForConditionalGeneration, config, attn_implementation, dtype)
 
 
 def tiny_qwen3_vl(seed: int = 0, dtype: torch.dtype = torch.float32, attn_implementation: str = "eager",
@@ -231,11 +233,7 @@ def tiny_qwen3_vl(seed: int = 0, dtype: torch.dtype = torch.float32, attn_implem
     Model = getattr(transformers, f"{names}ForConditionalGeneration")
     torch.manual_seed(seed)
     config = Config(vision_config=vision, text_config=text, **ids)
-    config._attn_implementation = attn_implementation
-    model = Model(config).eval().to(dtype)
-    model.generation_config.pad_token_id = PAD_ID
-    model.generation_config.eos_token_id = None
-    return model
+    return _built(Model, config, attn_implementation, dtype)
 
 
 def qwen3_batch(model: torch.nn.Module, prompts: list[list[int]],
@@ -288,11 +286,7 @@ def tiny_llava_onevision(seed: int = 0, dtype: torch.dtype = torch.float32,
                                   video_token_index=AROUND_IDS[0], vision_feature_layer=-1,
                                   vision_feature_select_strategy="full",
                                   image_grid_pinpoints=[[16, 32], [32, 16], [32, 32]])
-    config._attn_implementation = attn_implementation
-    model = LlavaOnevisionForConditionalGeneration(config).eval().to(dtype)
-    model.generation_config.pad_token_id = PAD_ID
-    model.generation_config.eos_token_id = None
-    return model
+    return _built(LlavaOnevisionForConditionalGeneration, config, attn_implementation, dtype)
 
 
 def tiny_glm4v(seed: int = 0, dtype: torch.dtype = torch.float32, attn_implementation: str = "eager",
@@ -314,8 +308,4 @@ def tiny_glm4v(seed: int = 0, dtype: torch.dtype = torch.float32, attn_implement
     name = "Glm4vMoe" if moe else "Glm4v"
     torch.manual_seed(seed)
     config = getattr(transformers, f"{name}Config")(vision_config=vision, text_config=text, **ids)
-    config._attn_implementation = attn_implementation
-    model = getattr(transformers, f"{name}ForConditionalGeneration")(config).eval().to(dtype)
-    model.generation_config.pad_token_id = PAD_ID
-    model.generation_config.eos_token_id = None
-    return model
+    return _built(getattr(transformers, f"{name}ForConditionalGeneration"), config, attn_implementation, dtype)
