@@ -76,6 +76,11 @@ def normalize(text: str) -> str:
     return " ".join(text.lower().translate(str.maketrans("", "", string.punctuation)).split())
 
 
+def is_correct(answer: str, expected: str) -> bool:
+    """The scoring rule: exact match after :func:`normalize`."""
+    return normalize(answer) == normalize(expected)
+
+
 def wilson_interval(correct: int, total: int, z: float = 1.96) -> tuple[float, float]:
     """The 95% Wilson score interval of a proportion (well behaved near 0 and 1, unlike the normal one)."""
     if total == 0:
@@ -190,7 +195,7 @@ def score(method: str, budget: int | None, examples: Sequence[Example], answers:
           kept: Sequence[int], total: Sequence[int]) -> Result:
     """The :class:`Result` of one run: exact-match accuracy with its Wilson interval, per kind too; ``kept`` and
     ``total`` are the visual tokens kept and present per image."""
-    hits = [normalize(a) == normalize(e.answer) for e, a in zip(examples, answers)]
+    hits = [is_correct(a, e.answer) for e, a in zip(examples, answers)]
     correct = sum(hits)
     low, high = wilson_interval(correct, len(hits))
     kinds: dict[str, list[bool]] = {}
@@ -242,7 +247,7 @@ def evaluate_with_records(model: Any, processor: Any, examples: Sequence[Example
         result.config = ran_config(pruned)
         result.relative = result.accuracy / reference.accuracy if reference.accuracy else None
     records = [Record(i, label.kind, label.question, label.answer, name, budget, answer,
-                      normalize(answer) == normalize(label.answer), kept, total)
+                      is_correct(answer, label.answer), kept, total)
                for (name, budget, _), (answers, kept_tokens, total_tokens) in zip(runs, outputs)
                for i, (label, answer, kept, total) in enumerate(zip(labels, answers, kept_tokens, total_tokens))]
     return results, records

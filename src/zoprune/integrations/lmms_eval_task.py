@@ -44,11 +44,11 @@ metadata:
 
 
 def process_results(doc: dict[str, Any], results: list[str]) -> dict[str, float]:
-    """Exact match after ``zoprune.evaluation.normalize``, as ``zoprune eval`` scores."""
-    from zoprune.evaluation import normalize
+    """Exact match after normalisation, as ``zoprune eval`` scores (``zoprune.evaluation.is_correct``)."""
+    from zoprune.evaluation import is_correct
 
     answer = results[0] if results else ""
-    return {"exact_match": float(normalize(answer) == normalize(doc["answer"]))}
+    return {"exact_match": float(is_correct(answer, doc["answer"]))}
 
 
 def write_shapes_task(folder: str | Path, n: int, seed: int, task: str = TASK, split: str = "standard") -> Path:
