@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     from vllm import LLM, SamplingParams
 
     import zoprune
-    from zoprune.cli.loading import load_image, load_model
+    from zoprune.loading import load_image, load_model
     from zoprune.integrations.vllm import chat_request, offline_request, prune_for_vllm
     from zoprune.methods import resolve_method
 

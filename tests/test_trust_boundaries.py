@@ -86,7 +86,7 @@ def checkpoint_with_code(tiny_checkpoint, tmp_path, model_type=None):
 
 
 def test_a_checkpoints_code_does_not_run(tiny_checkpoint, tmp_path):
-    from zoprune.cli.loading import load_model
+    from zoprune.loading import load_model
 
     folder, marker = checkpoint_with_code(tiny_checkpoint, tmp_path)
     model, _ = load_model(str(folder))  # a known family: transformers' own classes, the custom code ignored

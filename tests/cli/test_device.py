@@ -6,7 +6,7 @@ import torch
 from typer.testing import CliRunner
 
 from zoprune.cli import app
-from zoprune.cli.loading import available_devices, check_device
+from zoprune.loading import available_devices, check_device
 from zoprune.errors import ZopruneError
 
 runner = CliRunner()

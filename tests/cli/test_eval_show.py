@@ -22,7 +22,7 @@ def invoke(*args):
 
 def generated_answers(model, processor, examples, batch_size=4):
     """Greedy answers of ``model`` (the model or a pruned one), batched as the eval batches them."""
-    from zoprune.cli.loading import prompt_text
+    from zoprune.loading import prompt_text
 
     answers = []
     for start in range(0, len(examples), batch_size):
@@ -39,7 +39,7 @@ def generated_answers(model, processor, examples, batch_size=4):
 def answered_vqa(tiny_checkpoint, tiny_vqa_jsonl, tmp_path_factory):
     """The 6 questions with the unpruned tiny model's own answers as the truth for the first 4 and "yes" for the
     last 2, so accuracies, intervals and relative accuracies are not all 0 or None; with the loaded model."""
-    from zoprune.cli.loading import load_model
+    from zoprune.loading import load_model
     from zoprune.evaluation import load_jsonl
 
     model, processor = load_model(str(tiny_checkpoint))
@@ -57,7 +57,7 @@ def test_eval_writes_table_csv_json_and_plot(answered_vqa, tmp_path):
     from scipy.stats import binomtest
 
     import zoprune
-    from zoprune.cli.loading import resolve_method
+    from zoprune.methods import resolve_method
     from zoprune.evaluation import load_jsonl, normalize
 
     data, model, processor = answered_vqa

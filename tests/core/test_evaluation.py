@@ -185,7 +185,7 @@ def test_shapes_examples_are_generated_on_the_fly_and_equal_the_data_set():
 
 
 def test_evaluate_reads_the_examples_once_as_an_iterator(tiny_checkpoint):
-    from zoprune.cli.loading import load_model, prompt_text
+    from zoprune.loading import load_model, prompt_text
     from zoprune.evaluation import evaluate
     from zoprune.pipeline import resolve_config
 

@@ -160,7 +160,7 @@ def task_folder(tmp_path_factory):
 @pytest.fixture(scope="module")
 def eval_accuracy():
     """``zoprune eval``'s accuracy of zoo-prune at the budget on the same questions."""
-    from zoprune.cli.loading import load_model, prompt_text
+    from zoprune.loading import load_model, prompt_text
 
     model, processor = load_model(None)
     results = evaluate(model, processor, shapes_examples(N, SEED), {"zoo-prune": resolve_method("zoo-prune")[1]},

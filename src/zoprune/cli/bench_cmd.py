@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 
 from zoprune.cli.app import app, console, friendly_errors
-from zoprune.cli.loading import check_device
+from zoprune.loading import check_device
 from zoprune.cli.output import print_table
 from zoprune.errors import ZopruneError
 

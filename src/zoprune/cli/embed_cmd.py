@@ -8,7 +8,8 @@ from typing import List, Optional
 import typer
 
 from zoprune.cli.app import app, console, friendly_errors
-from zoprune.cli.loading import chosen_config, load_image, load_model, prompt_text
+from zoprune.cli.loading import chosen_config
+from zoprune.loading import load_image, load_model, prompt_text
 
 
 @app.command(short_help="Pruned image embeddings for a server (vLLM).")

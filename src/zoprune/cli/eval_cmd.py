@@ -13,8 +13,9 @@ from rich.text import Text
 
 from zoprune.cli.app import app, console, friendly_errors
 from zoprune.cli.output import print_table
-from zoprune.cli.loading import (available_methods, check_device, load_model, method_notes, prompt_text,
-                                 resolve_method)
+from zoprune.cli.loading import method_notes
+from zoprune.loading import check_device, load_model, prompt_text
+from zoprune.methods import available_methods, resolve_method
 from zoprune.errors import ZopruneError
 
 DEFAULT_BUDGETS = [64, 32, 16, 8]

@@ -11,7 +11,8 @@ import typer
 from rich.text import Text
 
 from zoprune.cli.app import app, console, friendly_errors
-from zoprune.cli.loading import chosen_config, check_device, load_image, load_model, method_notes, prompt_text
+from zoprune.cli.loading import chosen_config, method_notes
+from zoprune.loading import check_device, load_image, load_model, prompt_text
 
 
 @app.command(short_help="Answer a prompt about an image with a pruned model.")

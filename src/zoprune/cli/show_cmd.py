@@ -8,7 +8,8 @@ from typing import List, Optional
 import typer
 
 from zoprune.cli.app import app, console, friendly_errors
-from zoprune.cli.loading import available_methods, load_image, load_model, prompt_text, resolve_method
+from zoprune.loading import load_image, load_model, prompt_text
+from zoprune.methods import available_methods, resolve_method
 from zoprune.errors import ZopruneError
 
 DEFAULT_SHOW = ["zoo-prune", "divprune", "cls-attention", "random"]

@@ -285,7 +285,7 @@ def _visuals(doc_to_visual: Any, doc: dict[str, Any], task: str, doc_id: int) ->
 
 def _load(pretrained: str | None, dtype: Any, attn_implementation: str | None, device_map: str,
           trust_remote_code: bool) -> tuple[Any, Any]:
-    from zoprune.cli.loading import from_pretrained
+    from zoprune.loading import from_pretrained
 
     if pretrained is None:
         from zoprune.shapes.model import default_model_path

@@ -49,7 +49,7 @@ def prune_for_vllm(pruned: Any, processor: Any, images: Sequence[Any], question:
     The prompt is built by the processor's chat template (as ``zoprune run`` builds it), the processor's own
     expansion of it is what the pipeline prunes, so a method that reads the question reads this one.
     """
-    from zoprune.cli.loading import prompt_text
+    from zoprune.loading import prompt_text
 
     name = type(pruned.model).__name__
     if name not in CLIENT_SIDE_MODELS:
