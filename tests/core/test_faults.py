@@ -7,9 +7,9 @@ import torch
 import zoprune
 from zoprune.errors import InputError, NumericalError, PluginError
 from zoprune.registry import reload_registry
+from zoprune_plugins.selection.lattice import evenly_spaced
 from zoprune_plugins.selectors.coverage import coverage_select, coverage_select_dense
 from zoprune_plugins.selectors.divprune import divprune_select
-from zoprune_plugins.selectors.uniform import evenly_spaced
 from tiny_models import llava_batch, tiny_llava, tokens_per_image
 
 

@@ -188,7 +188,7 @@ class Qwen2VLAdapter(ModelAdapter):
         do the attention mask and ``mm_token_type_ids``. Normalisation is per channel and affine, so resizing the
         normalised pixels equals normalising resized ones. The model's own rope positions are recomputed from the
         new inputs (given ``position_ids`` / ``rope_deltas`` are dropped)."""
-        from zoprune_plugins.selectors.downsample import downsampled_grid
+        from zoprune_plugins.selection.lattice import downsampled_grid
 
         pixels, grid_thw = inputs.get("pixel_values"), inputs.get("image_grid_thw")
         if pixels is None or grid_thw is None:

@@ -14,7 +14,8 @@ import torch
 from pydantic import Field
 
 from zoprune import ComponentConfig, Context, ConfigError, ImageTokens, Selector, hookimpl
-from zoprune_plugins.selectors.coverage import lazy_greedy, unit_rows
+from zoprune_plugins.selection.geometry import unit_rows
+from zoprune_plugins.selection.greedy import lazy_greedy
 
 #: a token whose squared distance to the span of the kept tokens is below this lies in it (float32 rounding of
 #: ``1 - ||Q u||^2`` is ~1e-6): no DPP gain is left for it
@@ -39,7 +40,7 @@ class CDPruner(Selector):
     embeddings: ``requires = {"text_embeddings"}``), min-max normalised per image as
     ``(r - min r + 1e-6) / (max r - min r)``. Because ``L = diag(r) S diag(r)``, Chen et al.'s gain is
     ``d_i^2 = r_i^2 * (1 - ||P u_i||^2)``, with ``u_i`` the normalised token and ``P`` the projection on the span of
-    the kept tokens: this runs as the shared lazy greedy (:func:`~zoprune_plugins.selectors.coverage.lazy_greedy`,
+    the kept tokens: this runs as the shared lazy greedy (:func:`~zoprune_plugins.selection.greedy.lazy_greedy`,
     redundancy "span"), O(N + k d) memory, never the N x N kernel nor Chen's k x N Cholesky rows.
     """
 

@@ -11,36 +11,22 @@ ConfigError that names ``pool``.
 
 from __future__ import annotations
 
-import math
+import torch
 
-from zoprune import hookimpl
-from zoprune_plugins.selectors.uniform import Uniform
+from zoprune import Context, ImageTokens, Selector, hookimpl
+from zoprune_plugins.selection.lattice import lattice_select
 
 
-class Downsample(Uniform):
+class Downsample(Selector):
     """Keep k of the shrunk image's tokens on a regular lattice, ``uniform``'s rule (all of them when it has
     exactly k)."""
 
     name = "downsample"
+    needs_scores = False
     resizes_images = True
 
-
-def downsampled_grid(rows: int, cols: int, k: int) -> tuple[int, int]:
-    """``(r, c)``: the grid of merged tokens a ``rows x cols`` image shrinks to for a budget of k, ``r <= rows``,
-    ``c <= cols``, ``r * c >= min(k, rows * cols)``: both sides scaled by ``sqrt(k / (rows * cols))`` and rounded,
-    then the side that keeps the aspect ratio closest grown by one until the grid holds k."""
-    if k >= rows * cols:
-        return rows, cols
-    scale = math.sqrt(k / (rows * cols))
-    r, c = min(rows, max(1, round(rows * scale))), min(cols, max(1, round(cols * scale)))
-    aspect = rows / cols
-    while r * c < k:
-        taller = abs(math.log((r + 1) / c / aspect)) <= abs(math.log(r / (c + 1) / aspect))
-        if r < rows and (taller or c >= cols):
-            r += 1
-        else:
-            c += 1
-    return r, c
+    def select(self, scores: torch.Tensor | None, tokens: ImageTokens, k: int, ctx: Context) -> torch.Tensor:
+        return lattice_select(tokens, k)
 
 
 @hookimpl

@@ -7,7 +7,8 @@ import torch
 from pydantic import Field
 
 from zoprune import ComponentConfig, Context, ImageTokens, Selector, hookimpl
-from zoprune_plugins.selectors.coverage import greedy_max_cosine, minmax
+from zoprune_plugins.selection.geometry import minmax
+from zoprune_plugins.selection.greedy import greedy_max_cosine
 
 
 class MMRConfig(ComponentConfig):
@@ -22,7 +23,7 @@ class MMR(Selector):
     ``s`` is the score min-max normalised per image, so that ``lam`` trades two quantities on comparable scales
     (cosines lie in [-1, 1]); ``z`` are the projected features. The gain falls as the kept set grows, so the
     selection runs on coverage's exact lazy-greedy engine
-    (:func:`~zoprune_plugins.selectors.coverage.greedy_max_cosine`).
+    (:func:`~zoprune_plugins.selection.greedy.greedy_max_cosine`).
     ``lam = 1`` is top-k by score; ``lam = 0`` is max-min diversity from the highest-scoring token.
     """
 

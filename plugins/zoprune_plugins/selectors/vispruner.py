@@ -7,7 +7,7 @@ import torch
 from pydantic import Field
 
 from zoprune import ComponentConfig, Context, ImageTokens, Selector, hookimpl
-from zoprune_plugins.selectors.coverage import unit_rows
+from zoprune_plugins.selection.geometry import unit_rows
 
 
 class VisPrunerConfig(ComponentConfig):

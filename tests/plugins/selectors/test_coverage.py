@@ -79,7 +79,7 @@ def test_equal_scores_mean_pure_diversity_not_the_first_tokens():
 def test_identical_tokens_keep_an_even_spread():
     """Every token identical: all similarities 1, every pick a tie; k evenly spaced tokens, for any scores."""
     from zoprune_plugins.selectors.divprune import divprune_select
-    from zoprune_plugins.selectors.uniform import evenly_spaced
+    from zoprune_plugins.selection.lattice import evenly_spaced
 
     z = torch.ones(64, 8) * 0.3
     for scores in (torch.rand(64, generator=torch.Generator().manual_seed(0)), torch.zeros(64)):

@@ -2,11 +2,12 @@
 
 import pytest
 import torch
-from zoprune_plugins.selectors import coverage as cov
+from zoprune_plugins.selection import greedy as cov
+from zoprune_plugins.selection.geometry import minmax
+from zoprune_plugins.selection.greedy import greedy_max_cosine
 from zoprune_plugins.selectors.coverage import (
     coverage_select,
     coverage_select_dense,
-    greedy_max_cosine,
 )
 
 
@@ -85,7 +86,7 @@ def test_leaves_the_thread_setting_alone(monkeypatch):
 def test_hot_set_size_does_not_change_the_picks(hot, promote):
     # tiny hot sets force many evictions and promotions; the picks stay those of the dense loop
     z = vlm_like(700, 48, 5)
-    s = cov.minmax(torch.rand(700, generator=torch.Generator().manual_seed(5)))
+    s = minmax(torch.rand(700, generator=torch.Generator().manual_seed(5)))
     expected = coverage_select_dense(s, z, 120)
     assert torch.equal(greedy_max_cosine(s, z, 120, int(torch.argmax(s)), hot=hot, promote=promote), expected)
 

@@ -6,9 +6,9 @@ import torch
 
 import zoprune
 from zoprune import Context, ImageTokens
-from zoprune_plugins.selectors import divprune
-from zoprune_plugins.selectors.divprune import (DivPrune, DivPruneConfig, divprune_select, most_isolated,
-                                                nearest_neighbour_distance)
+from zoprune_plugins.selection import geometry as divprune
+from zoprune_plugins.selection.geometry import most_isolated, nearest_neighbour_distance
+from zoprune_plugins.selectors.divprune import DivPrune, DivPruneConfig, divprune_select
 from tiny_models import llava_batch, tiny_llava
 
 

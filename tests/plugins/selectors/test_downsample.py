@@ -15,7 +15,7 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLIm
 import zoprune
 from zoprune.errors import ConfigError
 from zoprune_plugins.adapters.qwen_vl import patchify, unpatchify
-from zoprune_plugins.selectors.downsample import downsampled_grid
+from zoprune_plugins.selection.lattice import downsampled_grid
 from tiny_families import BOS_ID, IMAGE_TOKEN_ID, VISION_END_ID, VISION_START_ID, tiny_qwen2_5_vl, tiny_qwen2_vl
 from tiny_models import llava_batch, tiny_llava
 

@@ -6,7 +6,8 @@ import torch
 
 import zoprune
 from zoprune import Context, ImageTokens
-from zoprune_plugins.selectors.uniform import Uniform, evenly_spaced, grid_select
+from zoprune_plugins.selection.lattice import evenly_spaced, grid_select
+from zoprune_plugins.selectors.uniform import Uniform
 from tiny_models import llava_batch, tiny_llava
 
 
