@@ -8,7 +8,8 @@ from __future__ import annotations
 import torch
 from pydantic import Field, model_validator
 
-from zoprune import ComponentConfig, Context, ImageTokens, InputError, Selector, hookimpl
+from zoprune import ComponentConfig, Context, ImageTokens, InputError, hookimpl
+from zoprune_plugins.selection.in_llm import InLLMSelector
 
 SIGNALS = ("llm_key_norm", "llm_states", "llm_text_key_norm", "llm_text_states")
 
@@ -30,7 +31,7 @@ class DartConfig(ComponentConfig):
         return self
 
 
-class Dart(Selector):
+class Dart(InLLMSelector):
     """Keep the ``image_pivots`` image tokens with the largest key L1 norm in layer K-1 (post-RoPE keys, all heads),
     then let every pivot (those image pivots by decreasing norm, then the ``text_pivots`` text tokens of the prompt
     after the image with the largest key norms, by decreasing norm) claim in turn its share of the remaining budget:
@@ -41,12 +42,6 @@ class Dart(Selector):
 
     name = "dart"
     Config = DartConfig
-    needs_scores = False
-    stage = "in_llm"
-
-    @property
-    def llm_layer(self) -> int:
-        return self.config.layer
 
     def select(self, scores: torch.Tensor | None, tokens: ImageTokens, k: int, ctx: Context) -> torch.Tensor:
         missing = [name for name in SIGNALS if name not in tokens.extras]

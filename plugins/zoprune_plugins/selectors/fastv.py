@@ -8,7 +8,8 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from zoprune import ComponentConfig, Context, ImageTokens, InputError, Selector, hookimpl
+from zoprune import ComponentConfig, Context, ImageTokens, InputError, hookimpl
+from zoprune_plugins.selection.in_llm import InLLMSelector
 
 
 class FastVConfig(ComponentConfig):
@@ -19,18 +20,12 @@ class FastVConfig(ComponentConfig):
                                     "mean over every text token of the prompt")
 
 
-class FastV(Selector):
+class FastV(InLLMSelector):
     """The k image tokens with the highest attention from the last prompt token (or the mean over text tokens) in
     decoder layer K-1, averaged over heads; kept tokens keep their original positions."""
 
     name = "fastv"
     Config = FastVConfig
-    needs_scores = False
-    stage = "in_llm"
-
-    @property
-    def llm_layer(self) -> int:
-        return self.config.layer
 
     def select(self, scores: torch.Tensor | None, tokens: ImageTokens, k: int, ctx: Context) -> torch.Tensor:
         signal = "llm_attention" if self.config.query == "last" else "llm_attention_text"

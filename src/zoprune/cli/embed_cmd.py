@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import List
 
 import typer
 
 from zoprune.cli.app import app, console, friendly_errors
 from zoprune.cli.loading import chosen_config
+from zoprune.cli.options import (ConfigOption, DtypeOption, KeepOption, MethodOption, ModelOption,
+                                 RatioOption)
 from zoprune.loading import load_image, load_model, prompt_text
 
 
@@ -19,13 +21,12 @@ def embed(
     prompt: str = typer.Option(..., "--prompt", help="the question: the prompt the images are pruned for (methods "
                                "that read the text use it)"),
     out: Path = typer.Option(..., "--out", help="safetensors file to write"),
-    model: Optional[str] = typer.Option(None, "--model", help="checkpoint directory or hub id [default: shipped]"),
-    config: Optional[Path] = typer.Option(None, "--config", help="pipeline config (YAML, TOML or JSON)"),
-    method: Optional[str] = typer.Option(None, "--method", "-m", help="method name (`zoprune plugins` lists them), "
-                                         "selector or SCORER+SELECTOR, instead of --config"),
-    keep: Optional[int] = typer.Option(None, "--keep", help="visual tokens kept per image (overrides the config)"),
-    ratio: Optional[float] = typer.Option(None, "--ratio", help="fraction of visual tokens kept, in (0, 1]"),
-    dtype: str = typer.Option("float32", "--dtype", help="model dtype: float32, bfloat16 or float16"),
+    model: ModelOption = None,
+    config: ConfigOption = None,
+    method: MethodOption = None,
+    keep: KeepOption = None,
+    ratio: RatioOption = None,
+    dtype: DtypeOption = "float32",
     device: str = typer.Option("cpu", "--device"),
 ) -> None:
     """Prune IMAGE's visual tokens for PROMPT and write, per image, the kept embeddings (k, d_l) in the model's

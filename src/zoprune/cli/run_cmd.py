@@ -12,6 +12,8 @@ from rich.text import Text
 
 from zoprune.cli.app import app, console, friendly_errors
 from zoprune.cli.loading import chosen_config, method_notes
+from zoprune.cli.options import (ConfigOption, DtypeOption, KeepOption, MethodOption, ModelOption,
+                                 RatioOption)
 from zoprune.loading import check_device, load_image, load_model, prompt_text
 
 
@@ -20,17 +22,16 @@ from zoprune.loading import check_device, load_image, load_model, prompt_text
 def run(
     image: Path = typer.Option(..., "--image", help="image file"),
     prompt: str = typer.Option(..., "--prompt", help="the question or instruction"),
-    model: Optional[str] = typer.Option(None, "--model", help="checkpoint directory or hub id [default: shipped]"),
-    config: Optional[Path] = typer.Option(None, "--config", help="pipeline config (YAML, TOML or JSON)"),
-    method: Optional[str] = typer.Option(None, "--method", "-m", help="method name (`zoprune plugins` lists them), "
-                                         "selector or SCORER+SELECTOR, instead of --config"),
-    keep: Optional[int] = typer.Option(None, "--keep", help="visual tokens kept per image (overrides the config)"),
-    ratio: Optional[float] = typer.Option(None, "--ratio", help="fraction of visual tokens kept, in (0, 1]"),
+    model: ModelOption = None,
+    config: ConfigOption = None,
+    method: MethodOption = None,
+    keep: KeepOption = None,
+    ratio: RatioOption = None,
     positions: Optional[str] = typer.Option(None, "--positions", help="contiguous or original: rotary positions "
                                             "after pre-LLM pruning (overrides the config)"),
     max_new_tokens: int = typer.Option(32, "--max-new-tokens", min=1),
     compare: bool = typer.Option(False, "--compare", help="also answer with every token, for comparison"),
-    dtype: str = typer.Option("float32", "--dtype", help="model dtype: float32, bfloat16 or float16"),
+    dtype: DtypeOption = "float32",
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N"),
 ) -> None:
     """Answer PROMPT about IMAGE with the visual tokens pruned; print the answer, tokens kept and time."""
