@@ -62,10 +62,11 @@ def scope_select(scores: torch.Tensor, rows: torch.Tensor, k: int, alpha: float 
 
     Exact lazy greedy on incrementally updated gains:
 
-    - The first gains ``sum_i max(0, cos(x_i, x_j))`` come from (block, block) tiles of the cosine matrix: N^2 d
-      multiply-adds by definition (every token's first gain needs every other token), O(block^2) scratch.
+    - The first gains ``sum_i max(0, cos(x_i, x_j))`` come from the (block, block) tiles on and above the diagonal
+      of the symmetric cosine matrix (:func:`first_gains`): N^2 d / 2 multiply-adds, the floor (every token's first
+      gain needs every other token), O(block^2) scratch.
     - After each pick w, one (N, d) x (d,) product gives ``cos(., x_w)``; only the tokens A whose ``cur`` it raises
-      change any gain: token j's gain falls by ``sum_{i in A} max(0, C_ij - cur_i) - max(0, C_ij - cur'_i)``, one
+      change any gain: token j's gain falls by ``sum_{i in A} clamp(C_ij, cur_i, cur'_i) - cur_i``, one
       (|A|, d) x (d, hot) product for the ``hot`` tokens that compete for the top, whose gains so stay exact. Late
       picks raise ``cur`` for a handful of tokens.
     - A token's gain only falls (the objective is submodular) and the saliency is fixed, so a stale gain bounds the
@@ -85,12 +86,7 @@ def scope_select(scores: torch.Tensor, rows: torch.Tensor, k: int, alpha: float 
     ninf = float("-inf")
     weight = saliency_weights(scores, alpha).to(device).double()  # (N,)
     cur = torch.zeros(n, dtype=torch.float32, device=device)  # best cosine of each token to the kept set
-    first = torch.zeros(n, dtype=torch.float32, device=device)
-    for col in range(0, n, block):  # the first gains: sum_i max(0, cos(x_i, x_j)), by (block, block) tiles
-        columns = z[col:col + block]
-        for row in range(0, n, block):
-            first[col:col + block] += (z[row:row + block] @ columns.T).clamp_min_(0).sum(dim=0)
-    gain = first.double()  # (N,): exact for hot tokens, an upper bound for the others
+    gain = first_gains(z, block).double()  # (N,): exact for hot tokens, an upper bound for the others
     is_hot = torch.zeros(n, dtype=torch.bool, device=device)
     taken = torch.zeros(n, dtype=torch.bool, device=device)
     hot = max(1, min(hot, n))
@@ -133,13 +129,30 @@ def scope_select(scores: torch.Tensor, rows: torch.Tensor, k: int, alpha: float 
         update = torch.nonzero(is_hot).flatten()
         for part in range(0, raised.numel() if update.numel() else 0, block):  # (block, block) tiles
             a = raised[part:part + block]
+            # token i of A adds max(0, C_ij - cur_i) - max(0, C_ij - cur'_i) = clamp(C_ij, cur_i, cur'_i) - cur_i
             before, after, rows_a = cur[a][:, None], similarity[a][:, None], z[a]  # (a, 1), (a, 1), (a, d)
             for start in range(0, update.numel(), block):
                 which = update[start:start + block]
-                c = rows_a @ z[which].T  # (a, m)
-                gain[which] -= ((c - before).clamp_min_(0) - (c - after).clamp_min_(0)).double().sum(dim=0)
+                c = torch.clamp(rows_a @ z[which].T, before, after)  # (a, m)
+                gain[which] -= (c.sum(dim=0) - before.sum()).double()
         torch.maximum(cur, similarity, out=cur)
     return torch.sort(chosen).values
+
+
+def first_gains(z: torch.Tensor, block: int = 1024) -> torch.Tensor:
+    """(N,) float32: ``sum_i max(0, cos(x_i, x_j))`` for every token j, from the unit rows ``z`` (N, d). The cosine
+    matrix is symmetric, so only its (block, block) tiles on and above the diagonal are computed, each adding to
+    the gains of its columns and (off the diagonal) of its rows: N^2 d / 2 multiply-adds, O(block^2) scratch."""
+    n = z.shape[0]
+    out = torch.zeros(n, dtype=torch.float32, device=z.device)
+    for row in range(0, n, block):
+        rows = z[row:row + block]
+        for col in range(row, n, block):
+            tile = (rows @ z[col:col + block].T).clamp_min_(0)  # (block, block)
+            out[col:col + block] += tile.sum(dim=0)
+            if col != row:
+                out[row:row + block] += tile.sum(dim=1)
+    return out
 
 
 def _combine(gain: torch.Tensor, weight: torch.Tensor, combine: str) -> torch.Tensor:

@@ -77,3 +77,20 @@ def _features_and_attention(pruned, inputs, selection):
                                     frozenset({"cls_attention"}))
     tokens = next(t for t in images if (t.sample, t.image) == (selection.sample, selection.image))
     return tokens.features, tokens.extras["cls_attention"].float()
+
+
+def test_first_gains_from_the_upper_tiles_equal_the_full_matrix():
+    from zoprune_plugins.selectors.scope import first_gains
+
+    z = torch.nn.functional.normalize(torch.randn(100, 16, generator=torch.Generator().manual_seed(0)), dim=-1)
+    full = (z @ z.T).clamp_min(0).sum(dim=0)
+    assert torch.allclose(first_gains(z, block=7), full, atol=1e-4)
+
+
+def test_bfloat16_rows_select_on_their_device_as_their_float32_values():
+    g = torch.Generator().manual_seed(5)
+    x = clustered(300, 24, 6, seed=1).to(torch.bfloat16)
+    attention = torch.rand(300, generator=g)
+    got = scope_select(attention, x, 30)
+    assert got.device == x.device and got.dtype == torch.long
+    assert got.tolist() == scope_select(attention, x.float(), 30).tolist() == reference(x.float(), attention, 30)
