@@ -116,3 +116,36 @@ def test_report_command_says_when_there_is_nothing_to_read(tmp_path):
     result = CliRunner().invoke(app, ["report", str(tmp_path), "--no-plot"])
     assert result.exit_code == 2
     assert "no lmms-eval results files" in result.output
+
+
+def test_a_relative_figure_is_the_run_over_its_own_models_unpruned_run_and_only_where_higher_is_better(tmp_path):
+    """Relative = method / reference, where the reference is the unpruned run of the same model: a method above its
+    reference is above 100%, one below is below, and another model's unpruned run is never the reference. A
+    lower-is-better metric (an error rate) has no relative figure (its ratio would read backwards) and stays out of
+    the mean relative score."""
+    def results(name, model_args, scores, date, lower=()):
+        path = write_results(tmp_path / name, name, model_args, scores, date)
+        data = json.loads(path.read_text())
+        for task, metric in lower:
+            data["higher_is_better"][task][metric] = False
+        path.write_text(json.dumps(data))
+
+    results("a", "pretrained=org/small,method=unpruned", {"t": {"acc": 0.50, "err": 0.20}}, "1")
+    results("b", "pretrained=org/small,method=random,budget=8", {"t": {"acc": 0.60, "err": 0.40}}, "2",
+            lower=[("t", "err")])
+    results("c", "pretrained=org/large,method=unpruned", {"t": {"acc": 0.80, "err": 0.10}}, "3")
+    results("d", "pretrained=org/large,method=random,budget=8", {"t": {"acc": 0.40, "err": 0.05}}, "4",
+            lower=[("t", "err")])
+    rows, columns, _ = build_table([read_run(p) for p in find_results([tmp_path])])
+    table = {(r.model, r.method): r for r in rows}
+    assert columns == ["t/acc", "t/err"]
+    small, large = table["org/small", "random"], table["org/large", "random"]
+    assert small.relative == pytest.approx({"t/acc": 1.2, "t/err": None})  # 0.60 / 0.50: above its reference
+    assert large.relative == pytest.approx({"t/acc": 0.5, "t/err": None})  # 0.40 / 0.80: below its reference
+    assert small.mean_relative == pytest.approx(1.2) and large.mean_relative == pytest.approx(0.5)
+    assert table["org/large", "unpruned"].relative["t/acc"] == pytest.approx(1.0)
+    result = CliRunner().invoke(app, ["report", str(tmp_path), "--no-plot", "--out", str(tmp_path / "out")],
+                                env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert any("org/small" in line and "120.0%" in line for line in result.output.splitlines())
+    assert any("org/large" in line and "50.0%" in line for line in result.output.splitlines())

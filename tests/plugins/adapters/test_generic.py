@@ -2,6 +2,8 @@
 with every token kept (float32 and bf16, logits and greedy ids), pruned generation, the model's own embeddings,
 separator tokens kept, and the error for a model of another shape."""
 
+import math
+
 import pytest
 import torch
 
@@ -212,3 +214,33 @@ def test_lfm2_vl_images_of_different_sizes_are_refused_with_the_mismatch():
     assert int((inputs["input_ids"] == IMAGE_TOKEN_ID).sum()) == 24
     with pytest.raises(UnsupportedModelError, match="projector sees 32 tokens but the model places 24"):
         zoprune.prune(model, budget=3).select(**inputs)
+
+
+@pytest.mark.parametrize("name", sorted(n for n, f in FAMILIES.items() if f.tiles))
+def test_tiles_are_pruned_one_by_one_with_the_budget_shared_between_them(name):
+    """Idefics3 and SmolVLM hand the projector each crop (tile) of an image separately and write each tile's
+    placeholders between their own separators. Each tile is an entry of its own (its own grid, its share of the
+    prompt's budget), and the tokens kept of a tile stay in that tile's run of placeholders."""
+    model = tiny_model(name)
+    inputs = batch(model, name, [[8, 9], [10]], [2, 1])  # two images (4 tiles) and one image (2 tiles)
+    with torch.no_grad():  # tokens per tile, from the model's own code on one tile
+        pooled = model.model.get_image_features(pixel_values=inputs["pixel_values"][:1, :1]).pooler_output
+    tile = sum(p.reshape(-1, p.shape[-1]).shape[0] for p in pooled)
+    side = math.isqrt(tile)
+    assert side * side == tile
+    k = 7
+    pruned = zoprune.prune(model, budget=k, selector="uniform", scorer=None)
+    pruned.select(**inputs)
+    per_prompt: dict = {}
+    for s in pruned.last_selection:
+        per_prompt.setdefault(s.sample, []).append(s)
+    assert {sample: len(entries) for sample, entries in per_prompt.items()} == {0: 4, 1: 2}
+    assert all(s.num_tokens == tile and s.grid == (side, side) for s in pruned.last_selection)
+    assert [s.num_kept for s in per_prompt[0]] == [2, 2, 2, 1]  # 7 shared evenly, the remainder first
+    assert [s.num_kept for s in per_prompt[1]] == [4, 3]
+    short = pruned.prepare(**inputs)["input_ids"]
+    for sample, entries in per_prompt.items():
+        row = short[sample].tolist()
+        starts = [i for i, t in enumerate(row) if t == AROUND_IDS[0]]  # each tile: [begin, 9, placeholders...]
+        runs = [row[a:b].count(IMAGE_TOKEN_ID) for a, b in zip(starts, starts[1:])]
+        assert runs == [s.num_kept for s in entries]

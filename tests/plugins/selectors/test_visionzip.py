@@ -188,3 +188,38 @@ def test_method_preset_config_file_and_cli(tiny_checkpoint, sample_image, tiny_v
     assert result.exit_code == 0, result.output
     rows = json.loads((out / "results.json").read_text())
     assert [(r["method"], r["kept_tokens"]) for r in rows] == [("unpruned", 16), ("visionzip", 8)]
+
+
+# Hand-made tokens whose groups are known: 2 dominant (the top scores), 10 candidates, targets every 3rd candidate
+# (tokens 2, 5, 8). Token 8 points the way token 5 does, so every B-like token ties between groups 1 and 2 and
+# goes to the first (group 1), while token 8, a target, stays its own group 2. Tokens 6 and 7 are orthogonal to every
+# target and token 10 is equally close to A and B: ties go to the first target, group 0.
+A, B, C, D = torch.eye(4)
+HAND_FEATURES = torch.stack([5 * (A + B + C + D), 2 * B - A + 3 * D,  # 0, 1: dominant
+                             A, 2 * A + 0.5 * B, 0.3 * A + B, 2 * B,  # 2 (target 0), 3, 4, 5 (target 1)
+                             D, C, 3 * B, B + 0.2 * D, A + B, 3 * A + 0.1 * D])  # 6, 7, 8 (target 2), 9, 10, 11
+HAND_GROUPS = [-1, -1, 0, 0, 1, 1, 0, 0, 2, 1, 0, 0]
+
+
+@pytest.mark.parametrize("merge", ["mean", "target_plus_mean"])
+def test_each_candidate_joins_its_nearest_target_and_each_target_stays_in_its_own_group(merge):
+    from zoprune import Context, ImageTokens
+    from zoprune_plugins.selectors.visionzip import VisionZip
+
+    x = HAND_FEATURES
+    tokens = ImageTokens(features=x, embeddings=x, model_embeddings=x, projector=lambda v: 2 * v + 1, sample=0,
+                         image=0)
+    scores = torch.tensor([10.0, 9.0, *torch.linspace(1, 0, 10).tolist()])
+    out = VisionZip(VisionZipConfig(contextual=3, similarity="features", merge=merge)).select(
+        scores, tokens, 5, Context(torch.Generator()))
+    assert out.kept.tolist() == [0, 1]
+    assert out.groups.tolist() == HAND_GROUPS
+    members = {g: [i for i, h in enumerate(HAND_GROUPS) if h == g] for g in range(3)}
+    targets = {0: 2, 1: 5, 2: 8}
+    for g, group in members.items():
+        if merge == "mean":
+            expected = x[group].mean(dim=0)
+        else:  # the target, plus the mean of the others in its group (nothing for a group of one)
+            others = [i for i in group if i != targets[g]]
+            expected = x[targets[g]] + (x[others].mean(dim=0) if others else 0)
+        torch.testing.assert_close(out.embeddings[g], 2 * expected + 1, rtol=0, atol=1e-6)  # projected

@@ -70,3 +70,26 @@ def test_vispruner_method_prunes_a_llava_batch_to_the_budget():
     output = pruned.generate(**inputs, max_new_tokens=2, do_sample=False)
     assert output.shape[1] == inputs["input_ids"].shape[1] + 2
     assert [s.kept.numel() for s in pruned.last_selection] == [6, 6]
+
+
+def test_duplicates_are_judged_on_the_projectors_input_features_not_the_embeddings():
+    """The authors compare the vision encoder's features (the projector's input). Here the features hold every
+    direction twice while the embeddings are all distinct, so the two choices keep different tokens: the selector
+    must keep what the features say."""
+    from zoprune import Context, ImageTokens
+    from zoprune_plugins.selectors.vispruner import VisPruner, VisPrunerConfig
+
+    g = torch.Generator().manual_seed(3)
+    base = torch.randn(24, 16, generator=g)
+    features = torch.cat([base, base])  # (48, 16): token i and token i + 24 are duplicates
+    embeddings = torch.randn(48, 16, generator=g)  # (48, 16): no duplicates
+    scores = torch.rand(48, generator=g)
+    tokens = ImageTokens(features=features, embeddings=embeddings, model_embeddings=embeddings,
+                         projector=lambda x: x, sample=0, image=0)
+    for k in (12, 20):
+        kept = VisPruner(VisPrunerConfig(important_ratio=0.25, step=4)).select(
+            scores, tokens, k, Context(torch.Generator()))
+        by_features = vispruner_select(scores, features, k, 0.25, 4)
+        by_embeddings = vispruner_select(scores, embeddings, k, 0.25, 4)
+        assert not torch.equal(by_features, by_embeddings)  # the case tells the two apart
+        assert kept.tolist() == by_features.tolist()
